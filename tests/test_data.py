@@ -1,0 +1,145 @@
+"""data.py on a tiny synthetic preprocessed tree (layout of CONTRACT.md)."""
+import csv
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import pytest
+import torch
+import torchvision.transforms.v2 as T
+import cv2
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import data  # noqa: E402
+
+
+def make_tree(root: Path, dataset: str = "ff++", splits=("train", "val"),
+              sources=("youtube", "Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"),
+              videos_per_source: int = 2, frames: Sequence = (0, 9, 18), size: int = 256,
+              seed: int = 0) -> Path:
+    """Writes <root>/<dataset>/<split>/{index.csv, <source>/<video_id>/<frame>.png}. Real crops
+    are bluish noise, fake crops reddish noise with a bright square, so a model can tell them apart."""
+    g = torch.Generator().manual_seed(seed)
+    for split in splits:
+        split_dir = root / dataset / split
+        rows = []
+        for s, source in enumerate(sources):
+            label = 0 if source == "youtube" else 1
+            for v in range(videos_per_source):
+                vid = f"{s}{v:02d}" if label == 0 else f"{s}{v:02d}_{v:03d}"
+                folder = split_dir / source / vid
+                folder.mkdir(parents=True, exist_ok=True)
+                for f in frames:
+                    img = torch.randint(0, 120, (3, size, size), generator=g, dtype=torch.uint8)
+                    img[2 if label == 0 else 0] += 100
+                    if label:
+                        img[:, size // 4: size // 2, size // 4: size // 2] = 250
+                    cv2.imwrite(str(folder / f"{f}.png"), img.permute(1, 2, 0).numpy()[:, :, ::-1])
+                rows.append(dict(video_id=vid, source=source, label=label, n_frames=len(frames),
+                                 path=f"{source}/{vid}", file=f"videos/{source}/{vid}.mp4"))
+        with open(split_dir / "index.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=["video_id", "source", "label", "n_frames", "path", "file"])
+            w.writeheader()
+            w.writerows(rows)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    return make_tree(tmp_path_factory.mktemp("data"), size=64,
+                     sources=("youtube", "Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "FaceShifter"),
+                     frames=(0, 2, 9, 10, 18))
+
+
+def test_load_videos_default_sources_and_frames(tree):
+    videos = data.load_videos(tree, "ff++", "train")
+    assert {v.source for v in videos} == set(data.FFPP_SOURCES)  # FaceShifter not by default
+    assert len(videos) == 10
+    assert [v.label for v in videos if v.source == "youtube"] == [0, 0]
+    assert all(v.label == 1 for v in videos if v.source != "youtube")
+    assert [p.name for p in videos[0].frames] == ["0.png", "2.png", "9.png", "10.png", "18.png"]
+    some = data.load_videos(tree, "ff++", "val", sources=["youtube", "FaceShifter"], max_frames=3)
+    assert {v.source for v in some} == {"youtube", "FaceShifter"}
+    assert [p.name for p in some[0].frames] == ["0.png", "9.png", "18.png"]  # evenly spaced
+    assert len(data.load_videos(tree, sources=None)) == 12
+
+
+def test_missing_data_names_the_preprocess_command(tmp_path, tree):
+    with pytest.raises(SystemExit, match="python preprocess.py --dataset ff\\+\\+ --root datasets/FaceForensics\\+\\+"):
+        data.load_videos(tmp_path, "ff++", "train")
+    with pytest.raises(SystemExit, match="FaceShifterX"):
+        data.load_videos(tree, sources=["FaceShifterX"])
+
+
+def test_items_and_eval_transform(tree):
+    videos = data.load_videos(tree, "ff++", "val")
+    ds = data.FrameDataset(videos, data.eval_transform())
+    assert len(ds) == 10 * 5
+    image, label, v = ds[7]
+    assert image.shape == (3, 224, 224) and image.dtype == torch.float32
+    assert (label, v) == (videos[1].label, 1)
+    # the CLIP transform, written out
+    raw = data.read_rgb(videos[1].frames[2]).float() / 255
+    ref = T.functional.resize(raw, 224, interpolation=T.InterpolationMode.BICUBIC, antialias=True)
+    ref = (ref - torch.tensor(data.OPENAI_MEAN)[:, None, None]) / torch.tensor(data.OPENAI_STD)[:, None, None]
+    assert (image - ref).abs().mean() < 0.01  # uint8 vs float resize: rounding and clipping only
+
+
+def test_eval_transform_matches_clip_vit():
+    clip_vit = pytest.importorskip("clip_vit")
+    x = torch.randint(0, 256, (3, 256, 256), dtype=torch.uint8)
+    assert torch.allclose(data.eval_transform()(x), clip_vit.image_transform(224)(x), atol=1e-5)
+
+
+def test_augmentation_is_per_sample_seeded(tree):
+    videos = data.load_videos(tree, "ff++", "train")
+    ds = data.FrameDataset(videos, data.train_transform(), seed=3)
+    clean = data.FrameDataset(videos, data.eval_transform())
+    state = torch.get_rng_state()
+    a, b = ds[4][0], ds[4][0]
+    assert torch.equal(a, b)  # same (seed, epoch, index)
+    assert torch.equal(torch.get_rng_state(), state)  # global RNG untouched
+    assert not torch.allclose(a, clean[4][0], atol=0.05)  # augmentations did something
+    ds.set_epoch(1)
+    assert not torch.equal(ds[4][0], a)  # new epoch, new draw
+
+
+def test_loader_same_batches_with_and_without_workers(tree):
+    videos = data.load_videos(tree, "ff++", "train")
+
+    def batches(workers):
+        ds = data.FrameDataset(videos, data.train_transform(112), seed=1)
+        sampler = data.make_sampler(ds, shuffle=True, seed=1)
+        ds.set_epoch(2)
+        sampler.set_epoch(2)
+        return list(data.make_loader(ds, 8, sampler, num_workers=workers))
+
+    b0, b2 = batches(0), batches(2)
+    assert len(b0) == len(b2) == 7
+    for x, y in zip(b0, b2):
+        assert all(torch.equal(p, q) for p, q in zip(x, y))
+
+
+def test_samplers(tree):
+    ds = data.FrameDataset(data.load_videos(tree), data.eval_transform())
+    n = len(ds)
+    ranks = [data.make_sampler(ds, seed=5, num_replicas=2, rank=r) for r in range(2)]
+    for s in ranks:
+        s.set_epoch(1)
+    a, b = list(ranks[0]), list(ranks[1])
+    assert sorted(a + b) == list(range(n)) and len(a) == len(b) == n // 2
+    one = data.make_sampler(ds, seed=5)
+    one.set_epoch(1)
+    order = list(one)
+    assert sorted(order) == list(range(n))
+    one.set_epoch(2)
+    assert list(one) != order  # the order changes with the epoch
+    one.set_epoch(1)
+    skip = data.SkipSampler(one, 16)
+    assert list(skip) == order[16:] and len(skip) == n - 16
+    bal = data.make_sampler(ds, balanced=True, seed=0)
+    bal.set_epoch(0)
+    assert len(list(bal)) == len(bal) == n
+    big = data.BalancedSampler(torch.tensor([0] * 10 + [1] * 90), seed=0)
+    drawn = torch.tensor([0] * 10 + [1] * 90)[torch.tensor(list(big))]
+    assert 25 <= int((drawn == 0).sum()) <= 75  # ~50 % real instead of 10 %
