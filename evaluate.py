@@ -1,0 +1,612 @@
+"""Evaluate a deepfake detector: the paper's benchmark table, or p_fake for any video / image.
+
+Benchmarks (face crops written by preprocess.py under --data):
+    python evaluate.py --dataset cdfv2 --checkpoint runs/<name>/best.pt
+    python evaluate.py --dataset all                      # paper's table + FF++ per manipulation
+    python evaluate.py --dataset all --zero-shot          # zero-shot CLIP baseline
+Any file:
+    python evaluate.py --video clip.mp4 | --image face.jpg | --input DIR  [--save-crops DIR]
+
+Frame score = p_fake = softmax(logits)[:, 1]; video score = mean of its frames' p_fake
+(../shared/METHOD.md section 6). Label 1 = fake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+import clip_vit
+
+# the paper's cross-dataset columns, in its order, and how the table names them
+PAPER_DATASETS = ["cdfv2", "dfd", "dfdc", "ffiw", "dsv1"]
+ALL_DATASETS = PAPER_DATASETS + ["ff++", "dfdcp", "folder"]
+DISPLAY = {"cdfv2": "CDFv2", "dfd": "DFD", "dfdc": "DFDC", "ffiw": "FFIW", "dsv1": "DSv1",
+           "ff++": "FF++", "dfdcp": "DFDCP", "folder": "folder"}
+FFPP_METHODS = {"Deepfakes": "DF", "Face2Face": "F2F", "FaceSwap": "FS", "NeuralTextures": "NT",
+                "FaceShifter": "FSh", "DeepFakeDetection": "DFD"}
+# where each dataset usually lives for preprocess.py (only used in error messages)
+DATASET_FOLDERS = {"ff++": "FaceForensics++", "dfd": "FaceForensics++", "cdfv2": "Celeb-DF-v2",
+                   "dfdc": "DFDC", "dfdcp": "DFDCP", "ffiw": "FFIW10K", "dsv1": "DeepSpeak-v1",
+                   "folder": "my-videos"}
+VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+PROMPTS = ("a photo of a real face", "a photo of a fake face")  # class 0, class 1
+
+
+# ----------------------------------------------------------------------------- metrics
+
+def equal_error_rate(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    """EER: the rate where FPR = FNR on the ROC curve, linearly interpolated between points.
+
+    Along the curve (thresholds decreasing) FNR - FPR falls from 1 to -1; the EER is where
+    the segment between the last point with FNR > FPR and the first with FNR <= FPR crosses 0.
+    """
+    fnr = 1.0 - tpr
+    diff = fnr - fpr                                   # non-increasing along the curve
+    i = int(np.argmax(diff <= 0))                      # first point at or past the crossing
+    if diff[i] == 0 or i == 0:
+        return float(fpr[i])
+    t = diff[i - 1] / (diff[i - 1] - diff[i])          # fraction of the segment to the crossing
+    return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
+
+
+def compute_metrics(labels, scores, threshold: float = 0.5) -> dict:
+    """AUROC, AP, EER and accuracy at `threshold` for labels (1 = fake) and scores (p_fake).
+
+    Used for frames and videos alike. With one class only AUROC/AP/EER are None and `undefined`
+    says why; accuracy is still given. A sample counts as fake when p_fake > threshold (the
+    argmax of the two logits; a tie goes to real).
+    """
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if labels.shape != scores.shape:
+        raise ValueError(f"labels and scores differ in length: {labels.size} vs {scores.size}")
+    if labels.size == 0:
+        raise ValueError("no samples to compute metrics on")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError(f"labels must be 0 (real) or 1 (fake), found {sorted(set(labels.tolist()))}")
+    if not np.isfinite(scores).all():
+        raise ValueError(f"scores must be finite, found {int((~np.isfinite(scores)).sum())} NaN/inf")
+    n_fake = int(labels.sum())
+    n_real = int(labels.size - n_fake)
+    out = {"n": int(labels.size), "n_real": n_real, "n_fake": n_fake,
+           "auroc": None, "ap": None, "eer": None,
+           "acc": float(((scores > threshold).astype(np.int64) == labels).mean())}
+    if n_real == 0 or n_fake == 0:
+        only = "fake" if n_real == 0 else "real"
+        out["undefined"] = (f"only {only} samples ({labels.size}): AUROC, AP and EER need both "
+                            f"real and fake samples")
+        return out
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    out["auroc"] = float(roc_auc_score(labels, scores))
+    out["ap"] = float(average_precision_score(labels, scores))
+    out["eer"] = equal_error_rate(fpr, tpr)
+    return out
+
+
+def video_scores(video_keys, frame_scores) -> dict:
+    """Mean p_fake per video: {video key: mean of that video's frame scores}, first-seen order."""
+    sums: dict = {}
+    counts: dict = {}
+    for key, s in zip(video_keys, np.asarray(frame_scores, dtype=np.float64).reshape(-1)):
+        sums[key] = sums.get(key, 0.0) + float(s)
+        counts[key] = counts.get(key, 0) + 1
+    return {k: sums[k] / counts[k] for k in sums}
+
+
+# ----------------------------------------------------------------------------- data
+
+@dataclass
+class Video:
+    video_id: str
+    source: str
+    label: int
+    path: str            # video folder relative to the split folder: <source>/<video_id>
+    file: str            # source video, relative to the dataset root
+    frames: list[Path]   # crop files, in frame order
+
+
+def layout_help(data: Path, dataset: str, split: str) -> str:
+    root = f"datasets/{DATASET_FOLDERS.get(dataset, dataset)}"
+    return (f"expected {data}/{dataset}/{split}/index.csv (columns "
+            f"video_id,source,label,n_frames,path,file) and crops "
+            f"{data}/{dataset}/{split}/<source>/<video_id>/<frame>.png; create them with: "
+            f"python preprocess.py --dataset {dataset} --root {root} --out {data}")
+
+
+def find_split(data: Path, dataset: str, split: str = "test") -> Path | None:
+    """The split folder when it has a non-empty index.csv, else None."""
+    index = data / dataset / split / "index.csv"
+    if not index.is_file() or index.stat().st_size == 0:
+        return None
+    return index.parent
+
+
+def frame_number(path: Path) -> int:
+    try:
+        return int(path.stem)
+    except ValueError:
+        return sys.maxsize  # not a frame crop: sort last (filtered below)
+
+
+def read_split(split_dir: Path) -> list[Video]:
+    """The videos listed in a split's index.csv, with their crop files sorted by frame index."""
+    videos = []
+    with open(split_dir / "index.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    need = {"video_id", "source", "label", "path"}
+    if rows and not need <= set(rows[0]):
+        raise SystemExit(f"{split_dir / 'index.csv'}: expected columns "
+                         f"video_id,source,label,n_frames,path,file, found {list(rows[0])}")
+    for row in rows:
+        folder = split_dir / row["path"]
+        frames = sorted((p for p in folder.glob("*.png") if p.stem.isdigit()), key=frame_number)
+        if not frames:
+            print(f"warning: {folder} has no crops, skipped", file=sys.stderr)
+            continue
+        videos.append(Video(row["video_id"], row["source"], int(row["label"]), row["path"],
+                            row.get("file", ""), frames))
+    return videos
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"cannot read image {path}")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+class Crops(Dataset):
+    """Face crops -> CLIP-transformed tensors [3, 224, 224]; from files or from arrays."""
+
+    def __init__(self, items: list, size: int = 224):
+        self.items = items       # Path or np.ndarray [H, W, 3] uint8 RGB
+        self.transform = clip_vit.image_transform(size)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        item = self.items[i]
+        rgb = load_rgb(item) if isinstance(item, Path) else item
+        image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)  # [3, H, W] uint8
+        return self.transform(image)
+
+
+# ----------------------------------------------------------------------------- models
+
+class ZeroShotCLIP(nn.Module):
+    """Zero-shot baseline: cosine similarity to a 'real' and a 'fake' prompt, as logits [N, 2]."""
+
+    def __init__(self, clip: nn.Module, prompts=PROMPTS, tokenizer=None):
+        super().__init__()
+        self.clip = clip
+        device = next(clip.parameters()).device
+        tokens = clip_vit.tokenize(list(prompts), tokenizer=tokenizer).to(device)
+        ctx = getattr(clip, "context_length", tokens.shape[1])
+        tokens = tokens[:, :ctx]  # tiny test models may use a shorter context
+        with torch.no_grad():
+            text = F.normalize(clip.encode_text(tokens).float(), dim=-1)  # [2, D]
+        self.register_buffer("text", text)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        image = F.normalize(self.clip.encode_image(images).float(), dim=-1)  # [N, D]
+        return self.clip.logit_scale.exp().float() * image @ self.text.t()   # [N, 2]
+
+
+def newest_run(runs: Path) -> Path | None:
+    found = sorted(runs.glob("*/best.pt"), key=lambda p: p.stat().st_mtime) if runs.is_dir() else []
+    return found[-1] if found else None
+
+
+def load_model(args, benchmark: bool) -> tuple[nn.Module, str, str]:
+    """(model giving logits [N, 2], a label for tables, the default output folder)."""
+    device = torch.device(args.device)
+    if args.zero_shot:
+        name = args.clip or "ViT-L/14"
+        clip = clip_vit.tiny_clip() if name == "tiny" else clip_vit.load(name, device="cpu")
+        model = ZeroShotCLIP(clip.float(), tuple(args.prompts))
+        tag = Path(name).stem if os.path.exists(name) else name.replace("/", "-")
+        print(f"model: zero-shot CLIP {name}, prompts {args.prompts}")
+        return model.to(device).eval(), f"zero-shot CLIP {name}", str(Path("eval") / f"zero-shot-{tag}")
+    source = args.checkpoint
+    if source is None and benchmark:
+        newest = newest_run(Path(args.runs))
+        if newest is not None:
+            source = str(newest)
+            print(f"model: newest run's checkpoint {source} (pass --checkpoint to choose another)")
+        else:
+            print(f"model: no run found under {args.runs}/, using the authors' released weights")
+    if source is None:
+        source = "authors"
+        if not benchmark:
+            print("model: the authors' released weights (pass --checkpoint to use another)")
+    elif source != "authors" and not Path(source).is_file():
+        raise SystemExit(f"checkpoint {source} not found: expected a file written by train.py "
+                         f"(runs/<name>/best.pt), the authors' model.ckpt, or 'authors'")
+    elif args.checkpoint is not None:
+        print(f"model: {source}")
+    detector = clip_vit.load_detector(source, clip=args.clip, device="cpu")
+    if source == "authors":
+        return detector.to(device).eval(), "authors' weights", str(Path("eval") / "authors")
+    path = Path(source)
+    return detector.to(device).eval(), f"{path.parent.name}/{path.name}", str(path.parent / f"eval-{path.stem}")
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, items: list, device: torch.device, batch_size: int = 64,
+            workers: int = 0, desc: str = "frames") -> np.ndarray:
+    """p_fake for each item (crop path or RGB array), in order: float64 [len(items)]."""
+    loader = DataLoader(Crops(items), batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda")
+    out = []
+    for images in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
+        images = images.to(device, non_blocking=True)
+        # bf16 on GPU as in training; plain fp32 on CPU
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(images)                                   # [N, 2]
+        out.append(torch.softmax(logits.float(), dim=-1)[:, 1].cpu())
+    return torch.cat(out).double().numpy() if out else np.zeros(0)
+
+
+# ----------------------------------------------------------------------------- one dataset
+
+def evaluate_dataset(model: nn.Module, dataset: str, split_dir: Path, args, out_dir: Path,
+                     label: str) -> dict:
+    """Score every crop of a split; write videos.csv, metrics.json and roc.png under out_dir."""
+    videos = read_split(split_dir)
+    if not videos:
+        raise SystemExit(f"{split_dir / 'index.csv'} lists no video with crops; "
+                         + layout_help(Path(args.data), dataset, split_dir.name))
+    items = [f for v in videos for f in v.frames]
+    keys = [v.path for v in videos for _ in v.frames]
+    frame_labels = np.array([v.label for v in videos for _ in v.frames])
+    scores = predict(model, items, torch.device(args.device), args.batch_size, args.workers,
+                     desc=f"{dataset} {split_dir.name}")
+    per_video = video_scores(keys, scores)
+    video_labels = np.array([v.label for v in videos])
+    video_p = np.array([per_video[v.path] for v in videos])
+
+    result = {"dataset": dataset, "split": split_dir.name, "model": label,
+              "data": str(split_dir), "video": compute_metrics(video_labels, video_p),
+              "frame": compute_metrics(frame_labels, scores)}
+    ffpp = dataset.startswith("ff++")
+    curves = [("all videos" if ffpp else "video", video_labels, video_p),
+              ("all frames" if ffpp else "frame", frame_labels, scores)]
+    if ffpp:
+        # FF++ test per manipulation: all real videos against one method's fakes
+        result["per_source"] = {}
+        real = video_labels == 0
+        for src in sorted({v.source for v in videos if v.label == 1}):
+            sel = real | np.array([v.source == src for v in videos])
+            result["per_source"][src] = compute_metrics(video_labels[sel], video_p[sel])
+            curves.append((f"{FFPP_METHODS.get(src, src)} videos", video_labels[sel], video_p[sel]))
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = {"videos": out_dir / "videos.csv", "metrics": out_dir / "metrics.json",
+             "roc": out_dir / "roc.png"}
+    with open(files["videos"], "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["video_id", "source", "label", "n_frames", "p_fake", "path", "file"])
+        for v, p in zip(videos, video_p):
+            w.writerow([v.video_id, v.source, v.label, len(v.frames), f"{p:.6f}", v.path, v.file])
+    title = f"{DISPLAY.get(dataset, dataset)} {split_dir.name} - {label}"
+    if write_roc_png(files["roc"], curves, title) is None:
+        files["roc"] = None
+    result["files"] = {k: (str(p) if p else None) for k, p in files.items()}
+    with open(files["metrics"], "w") as f:
+        json.dump(result, f, indent=2)
+    return result
+
+
+# ----------------------------------------------------------------------------- tables
+
+def pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:.2f}"
+
+
+def metrics_table(results: list[dict]) -> str:
+    """All metrics per dataset and level, with counts; n/a cells explained below the table."""
+    lines = ["| dataset | level | count | real | fake | AUROC | AP | EER | Acc@0.5 |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    notes = []
+    for r in results:
+        name = DISPLAY.get(r["dataset"], r["dataset"])
+        for level in ("video", "frame"):
+            m = r[level]
+            lines.append(f"| {name} | {level} | {m['n']} | {m['n_real']} | {m['n_fake']} | "
+                         f"{pct(m['auroc'])} | {pct(m['ap'])} | {pct(m['eer'])} | {pct(m['acc'])} |")
+            if m.get("undefined"):
+                notes.append(f"- {name} {level}: {m['undefined']}")
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def paper_table(results: dict, label: str, missing: list[str]) -> str:
+    """Video-level AUROC (%) in the paper's columns and their mean, plus FF++ per manipulation."""
+    cells, values = [], []
+    for d in PAPER_DATASETS:
+        auroc = results[d]["video"]["auroc"] if d in results else None
+        values += [auroc] if auroc is not None else []
+        cells.append(pct(auroc) if d in results else "missing")
+    mean = pct(sum(values) / len(values)) if values else "n/a"
+    if values and len(values) < len(PAPER_DATASETS):
+        mean += f" ({len(values)}/{len(PAPER_DATASETS)})"
+    lines = ["Video-level AUROC (%), trained on FF++ c23:", "",
+             "| model | " + " | ".join(DISPLAY[d] for d in PAPER_DATASETS) + " | mean |",
+             "|---|" + "---:|" * (len(PAPER_DATASETS) + 1),
+             f"| {label} | " + " | ".join(cells) + f" | {mean} |"]
+    ffpp = results.get("ff++")
+    lines += ["", "FF++ test, video-level AUROC (%) per manipulation (real videos vs that method):", ""]
+    if ffpp is None:
+        lines.append("FF++ test: missing")
+    else:
+        srcs = list(ffpp.get("per_source", {}))
+        lines += ["| model | " + " | ".join(FFPP_METHODS.get(s, s) for s in srcs) + " | all |",
+                  "|---|" + "---:|" * (len(srcs) + 1),
+                  f"| {label} | " + " | ".join(pct(ffpp["per_source"][s]["auroc"]) for s in srcs)
+                  + f" | {pct(ffpp['video']['auroc'])} |"]
+    if missing:
+        lines += ["", "missing (not preprocessed): " + ", ".join(missing)]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- ROC figure
+
+COLORS = [(200, 90, 30), (30, 130, 240), (60, 160, 60), (40, 40, 210), (160, 80, 150),
+          (20, 160, 190), (120, 120, 120), (90, 60, 30)]  # BGR
+
+
+def write_roc_png(path: Path, curves: list, title: str, size: int = 560) -> Path | None:
+    """ROC curves (label, labels, scores) drawn with OpenCV; None when no curve is defined."""
+    drawable = [(name, y, s) for name, y, s in curves if 0 < int(np.sum(y)) < len(y)]
+    if not drawable:
+        return None
+    font, aa = cv2.FONT_HERSHEY_SIMPLEX, cv2.LINE_AA
+    left, right, top, bottom = 70, 20, 50, 60
+    side = size - left - right                    # square plot area
+    img = np.full((top + side + bottom, size, 3), 255, np.uint8)
+
+    def xy(fx: float, fy: float) -> tuple[int, int]:
+        return int(round(left + fx * side)), int(round(top + (1 - fy) * side))
+
+    for t in np.linspace(0, 1, 6):                # grid, ticks and tick labels
+        cv2.line(img, xy(t, 0), xy(t, 1), (232, 232, 232), 1, aa)
+        cv2.line(img, xy(0, t), xy(1, t), (232, 232, 232), 1, aa)
+        (w, h), _ = cv2.getTextSize(f"{t:.1f}", font, 0.45, 1)
+        x, y = xy(t, 0)
+        cv2.putText(img, f"{t:.1f}", (x - w // 2, y + h + 8), font, 0.45, (60, 60, 60), 1, aa)
+        x, y = xy(0, t)
+        cv2.putText(img, f"{t:.1f}", (x - w - 8, y + h // 2), font, 0.45, (60, 60, 60), 1, aa)
+    for i in range(0, 40, 2):                     # dashed chance diagonal
+        cv2.line(img, xy(i / 40, i / 40), xy((i + 1) / 40, (i + 1) / 40), (150, 150, 150), 1, aa)
+    cv2.rectangle(img, xy(0, 1), xy(1, 0), (0, 0, 0), 1)
+
+    legend = []
+    for k, (name, y, s) in enumerate(drawable):
+        fpr, tpr, _ = roc_curve(y, s)
+        pts = np.array([xy(a, b) for a, b in zip(fpr, tpr)], np.int32)
+        color = COLORS[k % len(COLORS)]
+        cv2.polylines(img, [pts], False, color, 2, aa)
+        legend.append((f"{name}: AUROC {100 * roc_auc_score(y, s):.2f}% (n={len(y)})", color))
+
+    # legend box in the lower right corner, where ROC curves rarely are
+    widths = [cv2.getTextSize(t, font, 0.45, 1)[0][0] for t, _ in legend]
+    bw, bh = max(widths) + 44, 22 * len(legend) + 10
+    x0, y0 = left + side - bw - 8, top + side - bh - 8
+    cv2.rectangle(img, (x0, y0), (x0 + bw, y0 + bh), (255, 255, 255), -1)
+    cv2.rectangle(img, (x0, y0), (x0 + bw, y0 + bh), (180, 180, 180), 1)
+    for k, (text, color) in enumerate(legend):
+        yy = y0 + 18 + 22 * k
+        cv2.line(img, (x0 + 8, yy - 4), (x0 + 32, yy - 4), color, 2, aa)
+        cv2.putText(img, text, (x0 + 38, yy), font, 0.45, (0, 0, 0), 1, aa)
+
+    (w, _), _ = cv2.getTextSize(title, font, 0.55, 1)
+    scale = min(0.55, 0.55 * (size - 20) / max(w, 1))
+    (w, _), _ = cv2.getTextSize(title, font, scale, 1)
+    cv2.putText(img, title, ((size - w) // 2, 30), font, scale, (0, 0, 0), 1, aa)
+    text = "False positive rate"
+    (w, _), _ = cv2.getTextSize(text, font, 0.5, 1)
+    cv2.putText(img, text, (left + (side - w) // 2, top + side + 48), font, 0.5, (0, 0, 0), 1, aa)
+    # y label: draw horizontally on a strip, rotate it 90 degrees counter-clockwise
+    text = "True positive rate"
+    (w, h), base = cv2.getTextSize(text, font, 0.5, 1)
+    strip = np.full((h + base + 4, w + 4, 3), 255, np.uint8)
+    cv2.putText(strip, text, (2, h + 2), font, 0.5, (0, 0, 0), 1, aa)
+    strip = cv2.rotate(strip, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    y0 = top + (side - strip.shape[0]) // 2
+    img[y0:y0 + strip.shape[0], 8:8 + strip.shape[1]] = strip
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), img):
+        raise OSError(f"cannot write {path}")
+    return path
+
+
+# ----------------------------------------------------------------------------- benchmarks
+
+def run_benchmarks(args) -> dict:
+    data = Path(args.data)
+    names = PAPER_DATASETS + ["ff++"] if args.dataset == "all" else [args.dataset]
+    if not data.is_dir():
+        raise SystemExit(f"data directory {data}/ does not exist; "
+                         + layout_help(data, names[0], args.split))
+    found = {d: find_split(data, d, args.split) for d in names}
+    missing = [d for d in names if found[d] is None]
+    if len(missing) == len(names):
+        which = "no dataset of " + ", ".join(names) if len(names) > 1 else f"no {names[0]}"
+        raise SystemExit(f"{which} preprocessed in {data}/; " + layout_help(data, names[0], args.split))
+    model, label, default_out = load_model(args, benchmark=True)
+    out = Path(args.out or default_out)
+    results = {}
+    for d in names:
+        if found[d] is not None:
+            results[d] = evaluate_dataset(model, d, found[d], args, out / d, label)
+    table = metrics_table(list(results.values()))
+    if args.dataset == "all":
+        table = paper_table(results, label, [DISPLAY[d] for d in missing]) + "\n\n" + table
+    print(table)
+    summary = {"model": label, "split": args.split, "results": results,
+               "missing": missing, "table": table}
+    out.mkdir(parents=True, exist_ok=True)
+    stem = "summary" if args.dataset == "all" else f"{args.dataset}-summary"
+    (out / f"{stem}.md").write_text(table + "\n")
+    with open(out / f"{stem}.json", "w") as f:
+        json.dump(summary, f, indent=2)
+    print(f"\nwritten to {out}/ (per dataset: videos.csv, metrics.json, roc.png)")
+    return summary
+
+
+# ----------------------------------------------------------------------------- any video / image
+
+def list_inputs(args) -> list[Path]:
+    paths = [Path(p) for p in (args.video or []) + (args.image or [])]
+    if args.input:
+        root = Path(args.input)
+        if not root.is_dir():
+            raise SystemExit(f"--input {root}: not a directory")
+        found = sorted(p for p in root.rglob("*") if p.is_file()
+                       and p.suffix.lower() in VIDEO_EXTS | IMAGE_EXTS)
+        if not found:
+            raise SystemExit(f"--input {root}: no video ({' '.join(sorted(VIDEO_EXTS))}) or image "
+                             f"({' '.join(sorted(IMAGE_EXTS))}) files found")
+        paths += found
+    for p in paths:
+        if not p.is_file():
+            raise SystemExit(f"{p}: file not found")
+    return paths
+
+
+def face_tracks_of(path: Path, args, models) -> tuple[int, list]:
+    """(number of frames looked at, tracks of FaceCrop) with preprocess.py's own pipeline."""
+    import preprocess  # only needed here: keeps dlib out of the benchmark path
+    if path.suffix.lower() in IMAGE_EXTS:
+        indices, frames = [0], [load_rgb(path)]
+    else:
+        indices, frames = preprocess.read_frames(path, args.frames)
+    if not frames:
+        return 0, []
+    return len(frames), preprocess.face_tracks(frames, indices, models)
+
+
+def score_files(args) -> list[dict]:
+    paths = list_inputs(args)
+    import preprocess
+    models = preprocess.load_face_models(args.landmarks)
+    model, label, _ = load_model(args, benchmark=False)
+    device = torch.device(args.device)
+    rows = []
+    for path in tqdm(paths, desc="files", unit="file", disable=None if len(paths) > 1 else True):
+        try:
+            n_seen, tracks = face_tracks_of(path, args, models)
+        except Exception as e:  # one unreadable file must not stop a folder of them
+            print(f"{path}: cannot read ({type(e).__name__}: {e}); no score")
+            rows.append({"file": str(path), "person": None, "frames_seen": 0,
+                         "frames_with_face": 0, "p_fake": None, "note": f"cannot read: {e}"})
+            continue
+        if n_seen == 0:
+            print(f"{path}: no frame could be decoded; no score")
+            rows.append({"file": str(path), "person": None, "frames_seen": 0,
+                         "frames_with_face": 0, "p_fake": None, "note": "no frame decoded"})
+            continue
+        tracks = [t for t in tracks if t]
+        if not tracks:
+            print(f"{path}: no face found in {n_seen} frame(s); no score")
+            rows.append({"file": str(path), "person": None, "frames_seen": n_seen,
+                         "frames_with_face": 0, "p_fake": None, "note": "no face found"})
+            continue
+        persons = []
+        for k, track in enumerate(tracks):
+            p = predict(model, [c.image for c in track], device, args.batch_size, 0, desc="crops")
+            persons.append((float(p.mean()), len(track)))
+            if args.save_crops:
+                folder = Path(args.save_crops) / path.stem / f"person{k + 1}"
+                folder.mkdir(parents=True, exist_ok=True)
+                for c in track:
+                    cv2.imwrite(str(folder / f"{c.frame}.png"), cv2.cvtColor(c.image, cv2.COLOR_RGB2BGR))
+        with_face = len({c.frame for t in tracks for c in t})
+        # a video is as fake as its most fake face (ours: the manipulated person is unknown)
+        p_video = max(p for p, _ in persons)
+        verdict = "FAKE" if p_video > 0.5 else "real"
+        print(f"{path}: p_fake {p_video:.4f} -> {verdict} ({with_face}/{n_seen} frames with a face"
+              + (f", {len(persons)} people" if len(persons) > 1 else "") + ")")
+        rows.append({"file": str(path), "person": None, "frames_seen": n_seen,
+                     "frames_with_face": with_face, "p_fake": p_video, "note": ""})
+        if len(persons) > 1:
+            for k, (p, n) in enumerate(persons):
+                print(f"    person {k + 1}: p_fake {p:.4f} ({n} frames)")
+                rows.append({"file": str(path), "person": k + 1, "frames_seen": n_seen,
+                             "frames_with_face": n, "p_fake": p, "note": ""})
+    print(f"model: {label}")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        with open(out / "predictions.csv", "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+        print(f"written to {out / 'predictions.csv'}")
+    return rows
+
+
+# ----------------------------------------------------------------------------- command line
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    what = p.add_argument_group("what to evaluate (default: --dataset all)")
+    what.add_argument("--dataset", choices=ALL_DATASETS + ["all"],
+                      help="preprocessed benchmark under --data; 'all' = the paper's table + FF++")
+    what.add_argument("--video", action="append", help="score a video file (repeatable)")
+    what.add_argument("--image", action="append", help="score an image file (repeatable)")
+    what.add_argument("--input", help="score every video and image under this folder")
+    p.add_argument("--checkpoint", help="runs/<name>/best.pt, the authors' model.ckpt, or 'authors' "
+                   "(default: benchmarks: newest runs/*/best.pt, else authors; files: authors)")
+    p.add_argument("--clip", help="base CLIP weights: ViT-L/14 (download), a path, or 'tiny'")
+    p.add_argument("--zero-shot", action="store_true", help="zero-shot CLIP baseline with text prompts")
+    p.add_argument("--prompts", nargs=2, default=list(PROMPTS), metavar=("REAL", "FAKE"))
+    p.add_argument("--data", default="data", help="preprocess.py's output folder (default data/)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--runs", default="runs", help="where to look for the newest run")
+    p.add_argument("--out", help="output folder (default: eval-<checkpoint stem> next to the "
+                   "checkpoint; eval/authors; eval/zero-shot-<clip>)")
+    p.add_argument("--save-crops", help="keep the face crops of --video/--image/--input here")
+    p.add_argument("--frames", type=int, default=32, help="frames sampled per video (files)")
+    p.add_argument("--landmarks", help="dlib landmark model (default: 68-point from face-recognition-models)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = p.parse_args(argv)
+    files = bool(args.video or args.image or args.input)
+    if files and args.dataset:
+        p.error("give either --dataset or --video/--image/--input, not both")
+    if not files and not args.dataset:
+        args.dataset = "all"
+    if args.save_crops and not files:
+        p.error("--save-crops goes with --video/--image/--input")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.video or args.image or args.input:
+        return score_files(args)
+    return run_benchmarks(args)
+
+
+if __name__ == "__main__":
+    main()
