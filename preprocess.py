@@ -1,0 +1,968 @@
+"""Face preprocessing: benchmark videos -> aligned 256x256 face crops (METHOD.md section 5).
+
+    python preprocess.py                                  # every dataset found under datasets/
+    python preprocess.py --dataset ff++ --root datasets/FaceForensics++ --workers 8
+
+Output: <out>/<dataset>/<split>/<source>/<video_id>/<frame_index>.png + meta.json per video,
+<out>/<dataset>/<split>/index.csv per split, <out>/<dataset>/failures.csv.
+
+The crop protocol is the reference one (dlib HOG detector, 68-point landmarks, five keypoints,
+least-squares similarity transform onto the 5-point template, warpAffine to SxS, re-detection
+inside the crop). What differs is only how the face box is found: on a downscaled copy of the
+frame first (much faster than upsample 1 on the full frame), then mapped back; the landmarks
+always run on the full-resolution frame, so the crops are the reference crops.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import functools
+import glob
+import importlib.util
+import io
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import dlib
+import numpy as np
+from tqdm import tqdm
+
+DATASETS = ("ff++", "dfd", "cdfv2", "dfdc", "dfdcp", "ffiw", "dsv1", "folder")
+VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+KEYPOINTS_68 = (37, 44, 30, 49, 55)  # left eye, right eye, nose tip, mouth corners (0-based)
+# 5-point template on a 96x112 face (x, y), the one the protocol aligns to
+TEMPLATE_96x112 = np.array([[30.2946, 51.6963], [65.5318, 51.5014], [48.0252, 71.7366],
+                            [33.5493, 92.3655], [62.7299, 92.2041]], dtype=np.float64)
+FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "FaceShifter")
+LANDMARKS_REL = "face_recognition_models/models/shape_predictor_68_face_landmarks.dat"
+
+# where `python preprocess.py` (no arguments) looks, and where to get each dataset
+DEFAULT_ROOTS = {
+    "ff++": ["datasets/FaceForensics++"],
+    "dfd": ["datasets/FaceForensics++", "datasets/DFD"],
+    "cdfv2": ["datasets/Celeb-DF-v2"],
+    "dfdc": ["datasets/DFDC"],
+    "dfdcp": ["datasets/DFDC-Preview"],
+    "ffiw": ["datasets/FFIW10K"],
+    "dsv1": ["datasets/DeepSpeak-v1"],
+    "folder": ["datasets/folder"],
+}
+WHERE_TO_GET = {
+    "ff++": "FaceForensics++: request access at https://github.com/ondyari/FaceForensics "
+            "(download script: -d all -c c23 -t videos, and -t masks)",
+    "dfd": "DeepFakeDetection (DFD): same FaceForensics++ download script, "
+           "-d DeepFakeDetection_original and -d DeepFakeDetection (-t videos, -t masks)",
+    "cdfv2": "Celeb-DF v2: request form at https://github.com/yuezunli/celeb-deepfakeforensics",
+    "dfdc": "DFDC public test set: https://ai.meta.com/datasets/dfdc/ "
+            "(or Kaggle 'deepfake-detection-challenge')",
+    "dfdcp": "DFDC Preview: https://ai.meta.com/datasets/dfdc/ (preview dataset)",
+    "ffiw": "FFIW10K: request at https://github.com/tfzhou/FFIW",
+    "dsv1": "DeepSpeak v1: https://huggingface.co/datasets/faridlab/deepspeak_v1 (accept terms)",
+    "folder": "your own videos/images: datasets/folder/<source>/..., 'real' in a source name = real",
+}
+
+
+# ----------------------------------------------------------------------------- face models
+
+@dataclass
+class FaceModels:
+    detector: "dlib.fhog_object_detector"
+    predictor: "dlib.shape_predictor"
+    landmarks: str  # path of the landmark model file
+
+
+@dataclass
+class FaceCrop:
+    frame: int                                # frame index in the video (0 for an image)
+    image: np.ndarray                         # [S, S, 3] uint8 RGB aligned crop
+    box: tuple[float, float, float, float]    # x0, y0, x1, y1 in frame pixels
+    keypoints: np.ndarray                     # [5, 2] float, in frame pixels
+    score: float                              # detector score
+    matrix: np.ndarray                        # [2, 3] float, frame -> crop similarity transform
+
+
+def default_landmarks_path() -> Path | None:
+    """The 68-point model shipped by `face-recognition-models`, found by path (importing the
+    package fails on recent setuptools because it imports pkg_resources)."""
+    spec = importlib.util.find_spec("face_recognition_models")
+    roots = list(spec.submodule_search_locations or []) if spec else []
+    roots = [str(Path(r).parent) for r in roots] + sys.path
+    for root in roots:
+        path = Path(root) / LANDMARKS_REL
+        if path.is_file():
+            return path
+    return None
+
+
+@functools.lru_cache(maxsize=4)
+def load_face_models(landmarks: str | None = None) -> FaceModels:
+    """dlib HOG face detector + shape predictor (68-point default, or the 81-point file)."""
+    path = Path(landmarks) if landmarks else default_landmarks_path()
+    if path is None or not path.is_file():
+        raise SystemExit(
+            f"error: landmark model not found (expected {landmarks or LANDMARKS_REL}); "
+            "install it with `pip install face-recognition-models` or pass --landmarks PATH "
+            "(68- or 81-point dlib shape predictor .dat)")
+    try:
+        predictor = dlib.shape_predictor(str(path))
+    except RuntimeError as e:
+        raise SystemExit(f"error: cannot load landmark model {path}: {e}")
+    # the number of points is only visible on a prediction
+    parts = predictor(np.zeros((8, 8, 3), np.uint8), dlib.rectangle(0, 0, 7, 7)).num_parts
+    if parts < 68:
+        raise SystemExit(f"error: {path} predicts {parts} landmarks, expected a 68- or "
+                         "81-point dlib shape predictor")
+    return FaceModels(dlib.get_frontal_face_detector(), predictor, str(path))
+
+
+# ----------------------------------------------------------------------------- alignment
+
+def crop_template(size: int = 256, scale: float = 1.3) -> np.ndarray:
+    """The five keypoints' target positions in the SxS crop, [5, 2]."""
+    t = TEMPLATE_96x112.copy()
+    t[:, 0] += 8.0                       # 96x112 -> 112x112
+    t *= size / 112.0
+    t += size * (scale - 1.0) / 2.0      # margin on each side
+    return t / scale                     # shrink back into SxS
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Least-squares rotation + uniform scale + translation mapping src [N,2] onto dst [N,2]
+    (Umeyama 1991, no reflection). Returns the [2, 3] matrix."""
+    src, dst = np.asarray(src, np.float64), np.asarray(dst, np.float64)
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    s, d = src - mu_s, dst - mu_d
+    cov = d.T @ s / len(src)                              # [2, 2]
+    u, sig, vt = np.linalg.svd(cov)
+    sign = np.diag([1.0, np.sign(np.linalg.det(u) * np.linalg.det(vt)) or 1.0])
+    rot = u @ sign @ vt
+    c = np.trace(np.diag(sig) @ sign) / (s ** 2).sum(1).mean()
+    t = mu_d - c * rot @ mu_s
+    return np.hstack([c * rot, t[:, None]])
+
+
+def transform_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Apply a [2, 3] affine matrix to [N, 2] points."""
+    return points @ matrix[:, :2].T + matrix[:, 2]
+
+
+def align_face(frame: np.ndarray, keypoints: np.ndarray, size: int = 256,
+               scale: float = 1.3) -> tuple[np.ndarray, np.ndarray]:
+    """Five keypoints [5, 2] -> (crop [S, S, 3], matrix [2, 3])."""
+    matrix = similarity_transform(keypoints, crop_template(size, scale))
+    crop = cv2.warpAffine(frame, matrix, (size, size))
+    return crop, matrix
+
+
+def _rect(box) -> "dlib.rectangle":
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    return dlib.rectangle(x0, y0, x1, y1)
+
+
+def landmarks5(frame: np.ndarray, box, models: FaceModels) -> np.ndarray:
+    """The five protocol keypoints [5, 2] of the face in `box` (frame pixels)."""
+    shape = models.predictor(frame, _rect(box))
+    return np.array([[shape.part(i).x, shape.part(i).y] for i in KEYPOINTS_68], np.float64)
+
+
+def _box(rect, factor: float = 1.0) -> tuple[float, float, float, float]:
+    return (rect.left() / factor, rect.top() / factor, rect.right() / factor,
+            rect.bottom() / factor)
+
+
+def _area(box) -> float:
+    return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
+
+
+def has_face(crop: np.ndarray, models: FaceModels) -> bool:
+    """The reference re-detects a face inside the crop (upsample 1) and drops the frame if
+    none. Upsample 0 finds the crop's face in almost every case at a quarter of the cost; only
+    when it does not, upsample 1 decides, as in the reference."""
+    return bool(len(models.detector(crop, 0)) or len(models.detector(crop, 1)))
+
+
+def reference_crop(frame: np.ndarray, models: FaceModels, size: int = 256,
+                   scale: float = 1.3) -> FaceCrop | None:
+    """The protocol as published: HOG upsample 1 on the full frame, the largest face, its
+    landmarks, alignment, and re-detection (upsample 1) inside the crop; None if no face."""
+    rects, scores, _ = models.detector.run(frame, 1, 0.0)
+    if len(rects) == 0:
+        return None
+    i = max(range(len(rects)), key=lambda j: rects[j].width() * rects[j].height())
+    box = _box(rects[i])
+    keypoints = landmarks5(frame, box, models)
+    crop, matrix = align_face(frame, keypoints, size, scale)
+    if len(models.detector(crop, 1)) == 0:
+        return None
+    return FaceCrop(0, crop, box, keypoints, float(scores[i]), matrix)
+
+
+def detect_faces(frame: np.ndarray, models: FaceModels,
+                 detect_side: int = 640) -> list[tuple[tuple[float, float, float, float], float]]:
+    """Face boxes (frame pixels) and scores, found on a copy downscaled to `detect_side` on
+    its longest side; finer scales are tried only when nothing is found, the last one being
+    the reference's (full frame, upsample 1)."""
+    h, w = frame.shape[:2]
+    f = min(1.0, detect_side / max(h, w))
+    small = cv2.resize(frame, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA) \
+        if f < 1.0 else frame
+    levels = [(small, f, 0), (small, f, 1)] + ([(frame, 1.0, 1)] if f < 0.75 else [])
+    for image, factor, upsample in levels:
+        rects, scores, _ = models.detector.run(image, upsample, 0.0)
+        if len(rects):
+            return [(_box(r, factor), float(s)) for r, s in zip(rects, scores)]
+    return []
+
+
+# ----------------------------------------------------------------------------- tracking
+
+def _link(box_a, box_b) -> float:
+    """Distance between two boxes' centres in units of the first box's size (inf if the
+    sizes differ by more than 2x): small = the same person in a later frame."""
+    size_a, size_b = _area(box_a) ** 0.5, _area(box_b) ** 0.5
+    if size_a <= 0 or size_b <= 0 or not 0.5 <= size_b / size_a <= 2.0:
+        return float("inf")
+    ca = np.array([box_a[0] + box_a[2], box_a[1] + box_a[3]]) / 2
+    cb = np.array([box_b[0] + box_b[2], box_b[1] + box_b[3]]) / 2
+    return float(np.linalg.norm(ca - cb) / size_a)
+
+
+def link_tracks(detections: list[list[tuple[tuple, float]]],
+                max_dist: float = 0.8) -> list[list[tuple[int, tuple, float]]]:
+    """Per-frame detections -> tracks [(frame position, box, score), ...]: each detection
+    continues the track whose last box is nearest (greedy, largest faces first) or starts a
+    new one. Tracks are ordered by the sum of their box areas (largest, longest person first)."""
+    tracks: list[list[tuple[int, tuple, float]]] = []
+    for pos, dets in enumerate(detections):
+        dets = sorted(dets, key=lambda d: -_area(d[0]))
+        pairs = sorted((_link(t[-1][1], d[0]), ti, di)
+                       for ti, t in enumerate(tracks) for di, d in enumerate(dets))
+        used_t, used_d = set(), set()
+        for dist, ti, di in pairs:
+            if dist > max_dist:
+                break
+            if ti in used_t or di in used_d:
+                continue
+            tracks[ti].append((pos, dets[di][0], dets[di][1]))
+            used_t.add(ti)
+            used_d.add(di)
+        tracks += [[(pos, d[0], d[1])] for di, d in enumerate(dets) if di not in used_d]
+    return sorted(tracks, key=lambda t: -sum(_area(b) for _, b, _ in t))
+
+
+def face_tracks(frames: list[np.ndarray], indices: list[int], models: FaceModels,
+                size: int = 256, scale: float = 1.3,
+                detect_side: int = 640) -> list[list[FaceCrop]]:
+    """Every person found in the frames, one list of crops per person, largest person first.
+    A frame whose crop has no face on re-detection is dropped from that person's list."""
+    detections = [detect_faces(f, models, detect_side) for f in frames]
+    people = []
+    for track in link_tracks(detections):
+        crops = []
+        for pos, box, score in track:
+            keypoints = landmarks5(frames[pos], box, models)
+            crop, matrix = align_face(frames[pos], keypoints, size, scale)
+            if has_face(crop, models):
+                crops.append(FaceCrop(indices[pos], crop, box, keypoints, score, matrix))
+        if crops:
+            people.append(crops)
+    return people
+
+
+def mask_overlap(crops: list[FaceCrop], masks: dict[int, np.ndarray]) -> float:
+    """Manipulated pixels (mask > 127) inside this person's boxes, summed over frames."""
+    total = 0.0
+    for c in crops:
+        mask = masks.get(c.frame)
+        if mask is None:
+            continue
+        x0, y0, x1, y1 = (int(round(v)) for v in c.box)
+        total += float((mask[max(y0, 0):max(y1, 0), max(x0, 0):max(x1, 0)] > 127).sum())
+    return total
+
+
+def select_person(people: list[list[FaceCrop]],
+                  masks: dict[int, np.ndarray] | None = None) -> int:
+    """Index of the person to keep: the one overlapping the manipulation mask most when masks
+    are given and overlap anything, else the largest (index 0)."""
+    if not people or not masks:
+        return 0
+    overlaps = [mask_overlap(p, masks) for p in people]
+    return int(np.argmax(overlaps)) if max(overlaps) > 0 else 0
+
+
+# ----------------------------------------------------------------------------- reading
+
+def sample_indices(n: int, n_frames: int | None = 32) -> list[int]:
+    """np.linspace(0, n-1, n_frames) as integers; all frames when fewer (or n_frames None)."""
+    if n <= 0:
+        return []
+    if not n_frames or n <= n_frames:
+        return list(range(n))
+    return sorted(set(np.linspace(0, n - 1, n_frames).astype(int).tolist()))
+
+
+def is_image(path) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTS
+
+
+def _read_at(path, indices: list[int], gray: bool = False) -> dict[int, np.ndarray]:
+    """Frames at the given indices by sequential decoding (grab() skips colour conversion)."""
+    wanted, out = set(indices), {}
+    cap = cv2.VideoCapture(str(path))
+    i = 0
+    while wanted and i <= max(wanted) and cap.grab():
+        if i in wanted:
+            ok, frame = cap.retrieve()
+            if ok and frame is not None:
+                out[i] = frame
+        i += 1
+    cap.release()
+    conv = cv2.COLOR_BGR2GRAY if gray else cv2.COLOR_BGR2RGB
+    return {k: cv2.cvtColor(v, conv) for k, v in out.items()}
+
+
+def read_frames(path, n_frames: int | None = 32) -> tuple[list[int], list[np.ndarray]]:
+    """Frame indices np.linspace(0, n-1, n_frames) over the frames that really decode, and those
+    frames as RGB [H, W, 3] uint8. An image is one frame with index 0.
+
+    Container frame counts lie (truncated files, variable frame rate), so the count is verified
+    by decoding: one sequential pass keeps the frames the container count asks for and counts
+    the decodable ones; only when the two counts differ a second pass reads the right frames.
+    Raises ValueError when the file cannot be opened or has no decodable frame."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"not a file: {path}")
+    if path.stat().st_size == 0:
+        raise ValueError("empty file (0 bytes)")
+    if is_image(path):
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise ValueError("cannot decode image")
+        return [0], [cv2.cvtColor(image, cv2.COLOR_BGR2RGB)]
+    cap = cv2.VideoCapture(str(path))
+    if not cap.isOpened():
+        raise ValueError("cannot open video")
+    guess = set(sample_indices(int(cap.get(cv2.CAP_PROP_FRAME_COUNT)), n_frames))
+    kept, n = {}, 0
+    while cap.grab():
+        if n in guess:
+            ok, frame = cap.retrieve()
+            if ok and frame is not None:
+                kept[n] = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+        n += 1
+    cap.release()
+    if n == 0:
+        raise ValueError("no decodable frame")
+    indices = sample_indices(n, n_frames)
+    missing = [i for i in indices if i not in kept]
+    if missing:
+        kept.update(_read_at(path, missing))
+    indices = [i for i in indices if i in kept]
+    if not indices:
+        raise ValueError("no decodable frame")
+    return indices, [kept[i] for i in indices]
+
+
+def extract_faces(path, n_frames: int | None = 32, size: int = 256, scale: float = 1.3,
+                  models: FaceModels | None = None,
+                  detect_side: int = 640) -> list[list[FaceCrop]]:
+    """Video or image file -> every person's crops (largest person first)."""
+    models = models or load_face_models()
+    indices, frames = read_frames(path, n_frames)
+    return face_tracks(frames, indices, models, size, scale, detect_side)
+
+
+# ----------------------------------------------------------------------------- datasets
+
+@dataclass
+class Video:
+    split: str
+    source: str
+    video_id: str
+    label: int            # 0 real, 1 fake
+    file: Path            # absolute path of the video (or image)
+    mask: Path | None = None   # manipulation mask video (FF++/DFD), when present
+
+
+class LayoutError(ValueError):
+    """--root does not hold the dataset's official layout."""
+
+
+def _listing(path: Path, limit: int = 12) -> str:
+    """What is actually at `path`, for error messages."""
+    if not path.exists():
+        return f"{path} does not exist"
+    if not path.is_dir():
+        return f"{path} is a file"
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
+    more = f" ... ({len(names)} entries)" if len(names) > limit else ""
+    return f"{path} contains: " + (", ".join(names[:limit]) + more if names else "nothing")
+
+
+def _deepest(root: Path, rel: str) -> Path:
+    """The deepest existing folder along root/rel (where the expected layout stops)."""
+    path = root
+    for part in Path(rel).parts:
+        if not (path / part).is_dir():
+            break
+        path = path / part
+    return path
+
+
+def _layout_error(dataset: str, root: Path, expected: str, probe: str = "") -> LayoutError:
+    found = _listing(_deepest(root, probe) if probe else root)
+    return LayoutError(f"--root {root} is not a {dataset} folder: expected {expected}; "
+                       f"found: {found}")
+
+
+def _media(folder: Path, recursive: bool = True, images: bool = False) -> list[Path]:
+    exts = VIDEO_EXTS | (IMAGE_EXTS if images else set())
+    files = folder.rglob("*") if recursive else folder.glob("*")
+    return sorted(p for p in files if p.suffix.lower() in exts and p.is_file()
+                  and not p.name.startswith("."))
+
+
+def _uniquify(videos: list[Video], roots: dict[str, Path]) -> list[Video]:
+    """Video ids are file stems; where two files of one split/source share a stem, their path
+    relative to the source folder (with '__' for '/') is used instead."""
+    seen: dict[tuple, int] = {}
+    for v in videos:
+        seen[(v.split, v.source, v.video_id)] = seen.get((v.split, v.source, v.video_id), 0) + 1
+    for v in videos:
+        if seen[(v.split, v.source, v.video_id)] > 1:
+            rel = v.file.relative_to(roots[v.source]).with_suffix("")
+            v.video_id = "__".join(rel.parts)
+    return videos
+
+
+def _ffpp_splits(root: Path, splits_dir: str | None) -> dict[str, str]:
+    """Official FF++ split files -> {video id (real 'NNN' or fake 'NNN_MMM'): split}."""
+    dirs = [Path(splits_dir)] if splits_dir else \
+        [root, root / "splits", root / "dataset" / "splits"] + \
+        [Path(p).parent for p in sorted(glob.glob(str(root / "*" / "*" / "train.json")))]
+    for d in dirs:
+        if all((d / f"{s}.json").is_file() for s in ("train", "val", "test")):
+            break
+    else:
+        where = splits_dir or f"{root} (or {root}/splits)"
+        raise LayoutError(
+            f"FF++ split files train.json, val.json, test.json not found in {where}; get them "
+            "from https://github.com/ondyari/FaceForensics/tree/master/dataset/splits and put "
+            "them there or pass --splits DIR")
+    split_of = {}
+    for split in ("train", "val", "test"):
+        for a, b in json.loads((d / f"{split}.json").read_text()):
+            split_of.update({a: split, b: split, f"{a}_{b}": split, f"{b}_{a}": split})
+    return split_of
+
+
+def _list_ffpp(root: Path, c: str, splits_dir: str | None) -> list[Video]:
+    real = root / "original_sequences" / "youtube" / c / "videos"
+    expected = (f"original_sequences/youtube/{c}/videos/*.mp4 and "
+                f"manipulated_sequences/{{{','.join(FFPP_METHODS[:4])}}}/{c}/videos/*.mp4")
+    if not real.is_dir():
+        raise _layout_error("FaceForensics++", root, expected,
+                            f"original_sequences/youtube/{c}/videos")
+    split_of = _ffpp_splits(root, splits_dir)
+    videos = []
+    for source in ("youtube",) + FFPP_METHODS:
+        base = root / ("original_sequences" if source == "youtube" else "manipulated_sequences")
+        folder = base / source / c / "videos"
+        masks = base / source / "masks" / "videos"
+        for f in _media(folder, recursive=False):
+            if f.stem in split_of:
+                mask = masks / f.name
+                videos.append(Video(split_of[f.stem], source, f.stem, int(source != "youtube"),
+                                    f, mask if mask.is_file() else None))
+    if not any(v.label for v in videos):
+        raise _layout_error("FaceForensics++", root, expected, f"manipulated_sequences")
+    return videos
+
+
+def _list_dfd(root: Path, c: str) -> list[Video]:
+    expected = (f"original_sequences/actors/{c}/videos/*.mp4 and "
+                f"manipulated_sequences/DeepFakeDetection/{c}/videos/*.mp4")
+    videos = []
+    for source, base in (("actors", "original_sequences"),
+                         ("DeepFakeDetection", "manipulated_sequences")):
+        folder = root / base / source / c / "videos"
+        if not folder.is_dir():
+            raise _layout_error("DFD", root, expected, f"{base}/{source}/{c}/videos")
+        masks = root / base / source / "masks" / "videos"
+        for f in _media(folder, recursive=False):
+            mask = masks / f.name
+            videos.append(Video("test", source, f.stem, int(source != "actors"), f,
+                                mask if mask.is_file() else None))
+    return videos
+
+
+def _list_cdfv2(root: Path) -> list[Video]:
+    sources = {"Celeb-real": 0, "YouTube-real": 0, "Celeb-synthesis": 1}
+    listing = root / "List_of_testing_videos.txt"
+    expected = "Celeb-real/, Celeb-synthesis/, YouTube-real/ and List_of_testing_videos.txt"
+    if not listing.is_file() or not all((root / s).is_dir() for s in sources):
+        raise _layout_error("Celeb-DF-v2", root, expected)
+    test = {line.split()[1] for line in listing.read_text().splitlines() if line.strip()}
+    videos = []
+    for source, label in sources.items():
+        for f in _media(root / source, recursive=False):
+            rel = f"{source}/{f.name}"
+            videos.append(Video("test" if rel in test else "train", source, f.stem, label, f))
+    return videos
+
+
+def _list_dfdc(root: Path) -> list[Video]:
+    labels = root / "test" / "labels.csv"
+    if not labels.is_file():
+        raise _layout_error("DFDC", root, "test/labels.csv (filename,label) and the test "
+                            "videos under test/", "test")
+    files = {f.name: f for f in _media(root / "test")}
+    videos, missing = [], []
+    with open(labels, newline="") as fh:
+        for row in csv.DictReader(fh):
+            f = files.get(Path(row["filename"]).name)
+            if f is None:
+                missing.append(row["filename"])
+                continue
+            label = int(float(row["label"]))
+            videos.append(Video("test", "fake" if label else "real", f.stem, label, f))
+    if missing:
+        print(f"warning: dfdc: {len(missing)} videos in labels.csv not found under {root}/test "
+              f"(e.g. {missing[0]})", file=sys.stderr)
+    if not videos:
+        raise _layout_error("DFDC", root, "the videos listed in test/labels.csv under test/",
+                            "test")
+    return videos
+
+
+def _list_dfdcp(root: Path) -> list[Video]:
+    index = root / "dataset.json"
+    if not index.is_file():
+        raise _layout_error("DFDC-Preview", root, "dataset.json and the video folders it "
+                            "lists (method_A/, method_B/, original_videos/)")
+    videos, roots = [], {}
+    for rel, info in json.loads(index.read_text()).items():
+        f = root / rel
+        if not f.is_file():
+            continue
+        source = Path(rel).parts[0]
+        roots[source] = root / source
+        split = "train" if info.get("set", "test") == "train" else "test"
+        videos.append(Video(split, source, f.stem, int(info["label"] == "fake"), f))
+    if not videos:
+        raise _layout_error("DFDC-Preview", root, "the videos listed in dataset.json")
+    return _uniquify(videos, roots)
+
+
+def _list_ffiw(root: Path) -> list[Video]:
+    """FFIW10K: source/<split>/*.mp4 (real) and target/<split>/*.mp4 (fake); the release
+    folders (e.g. FFIW10K-v1-release/, FFIW10K-v1-release-test/) may sit one level down."""
+    videos = []
+    for base in [root] + sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+        for source, label in (("source", 0), ("target", 1)):
+            for split in ("train", "val", "test"):
+                for f in _media(base / source / split):
+                    videos.append(Video(split, source, f.stem, label, f))
+    if not videos:
+        raise _layout_error("FFIW10K", root, "source/{train,val,test}/*.mp4 and "
+                            "target/{train,val,test}/*.mp4 (or release folders holding them)")
+    return videos
+
+
+def _list_sources(root: Path, name: str, images: bool) -> list[Video]:
+    """dsv1 / folder: root[/<split>]/<source>/**/<video>; 'real' in the source name = real."""
+    if not root.is_dir():
+        raise _layout_error(name, root, "one sub-folder per source with videos inside")
+    split_dirs = [root / s for s in ("train", "val", "test") if (root / s).is_dir()]
+    bases = [(d.name, d) for d in split_dirs] or [("test", root)]
+    videos, roots = [], {}
+    for split, base in bases:
+        for src in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            roots[src.name] = src
+            for f in _media(src, images=images):
+                videos.append(Video(split, src.name, f.stem, int("real" not in src.name.lower()),
+                                    f))
+    if not videos:
+        raise _layout_error(name, root, "<source>/<videos> sub-folders ('real' in a source "
+                            "name = real, anything else fake), optionally under train/ and test/")
+    return _uniquify(videos, roots)
+
+
+def list_videos(dataset: str, root, compression: str = "c23",
+                splits_dir: str | None = None) -> list[Video]:
+    """Every video of a dataset in its official layout, with split, source and label.
+    Raises LayoutError (one message: what was expected, what was found) for a wrong root."""
+    root = Path(root)
+    if not root.is_dir():
+        raise LayoutError(f"--root {root} for {dataset} is not a folder")
+    if dataset == "ff++":
+        return _list_ffpp(root, compression, splits_dir)
+    if dataset == "dfd":
+        return _list_dfd(root, compression)
+    if dataset == "cdfv2":
+        return _list_cdfv2(root)
+    if dataset == "dfdc":
+        return _list_dfdc(root)
+    if dataset == "dfdcp":
+        return _list_dfdcp(root)
+    if dataset == "ffiw":
+        return _list_ffiw(root)
+    if dataset in ("dsv1", "folder"):
+        return _list_sources(root, dataset, images=dataset == "folder")
+    raise ValueError(f"unknown dataset {dataset!r}, expected one of {', '.join(DATASETS)}")
+
+
+def output_name(dataset: str, compression: str = "c23") -> str:
+    """Folder name under --out: ff++ / dfd at another compression go to ff++-c40 etc."""
+    return f"{dataset}-{compression}" if dataset in ("ff++", "dfd") and compression != "c23" \
+        else dataset
+
+
+# ----------------------------------------------------------------------------- one video
+
+@dataclass
+class Job:
+    video: Video
+    out_dir: Path          # <out>/<dataset>/<split>/<source>/<video_id>
+    root: Path             # dataset root, for relative paths in meta.json
+    dataset: str
+    n_frames: int = 32
+    size: int = 256
+    scale: float = 1.3
+    detect_side: int = 640
+    reference: bool = False
+
+
+@dataclass
+class Result:
+    job: Job
+    status: str            # "done" | "failed"
+    reason: str = ""
+    n_sampled: int = 0     # frames decoded and searched
+    n_written: int = 0     # crops written
+    seconds: float = 0.0
+
+
+def tmp_dir(out_dir: Path) -> Path:
+    """Hidden temporary folder next to the final one; renamed when the video is complete."""
+    return out_dir.parent / f".tmp-{out_dir.name}"
+
+
+def is_finished(out_dir: Path) -> bool:
+    return (out_dir / "meta.json").is_file()
+
+
+def _reference_people(frames, indices, models, size, scale) -> list[list[FaceCrop]]:
+    crops = []
+    for i, frame in zip(indices, frames):
+        c = reference_crop(frame, models, size, scale)
+        if c is not None:
+            c.frame = i
+            crops.append(c)
+    return [crops] if crops else []
+
+
+def process_video(job: Job, models: FaceModels) -> Result:
+    """Decode, find and track faces, keep one person, write crops + meta.json atomically."""
+    t0 = time.time()
+    v = job.video
+    try:
+        indices, frames = read_frames(v.file, job.n_frames)
+    except Exception as e:  # one bad video must not stop the run
+        return Result(job, "failed", f"unreadable: {e}", seconds=time.time() - t0)
+    if job.reference:
+        people = _reference_people(frames, indices, models, job.size, job.scale)
+    else:
+        people = face_tracks(frames, indices, models, job.size, job.scale, job.detect_side)
+    if not people:
+        return Result(job, "failed", f"no face in {len(indices)} sampled frames",
+                      len(indices), seconds=time.time() - t0)
+    masks = None
+    if v.mask is not None and len(people) > 1:
+        masks = _read_at(v.mask, indices, gray=True)
+        masks = {i: m if m.shape == frames[0].shape[:2] else
+                 cv2.resize(m, frames[0].shape[1::-1], interpolation=cv2.INTER_NEAREST)
+                 for i, m in masks.items()}
+    chosen = select_person(people, masks)
+    crops = people[chosen]
+
+    tmp = tmp_dir(job.out_dir)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for c in crops:
+        cv2.imwrite(str(tmp / f"{c.frame}.png"), cv2.cvtColor(c.image, cv2.COLOR_RGB2BGR))
+    try:
+        rel = str(v.file.relative_to(job.root))
+    except ValueError:
+        rel = str(v.file)
+    meta = {
+        "dataset": job.dataset, "split": v.split, "source": v.source, "video_id": v.video_id,
+        "label": v.label, "file": rel,
+        "frames": [c.frame for c in crops],
+        "boxes": [[round(x, 2) for x in c.box] for c in crops],
+        "keypoints": [np.round(c.keypoints, 2).tolist() for c in crops],
+        "scores": [round(c.score, 4) for c in crops],
+        "matrices": [np.round(c.matrix, 6).tolist() for c in crops],
+        "n_frames": len(crops), "n_sampled": len(indices),
+        "n_no_face": len(indices) - len(crops), "sampled_frames": indices,
+        "n_people": len(people), "person": chosen, "mask_used": bool(masks),
+        "size": job.size, "scale": job.scale, "reference": job.reference,
+        "landmarks": Path(models.landmarks).name,
+    }
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    if job.out_dir.exists():  # a folder without meta.json: not finished, replace it
+        shutil.rmtree(job.out_dir)
+    os.rename(tmp, job.out_dir)
+    return Result(job, "done", "", len(indices), len(crops), time.time() - t0)
+
+
+_MODELS: FaceModels | None = None  # per worker process
+
+
+def _init_worker(landmarks: str | None) -> None:
+    global _MODELS
+    cv2.setNumThreads(1)  # one process per core already
+    _MODELS = load_face_models(landmarks)
+
+
+def _run_job(job: Job) -> Result:
+    try:
+        return process_video(job, _MODELS)
+    except Exception as e:
+        return Result(job, "failed", f"error: {type(e).__name__}: {e}")
+
+
+# ----------------------------------------------------------------------------- bookkeeping
+
+FAILURE_FIELDS = ["split", "source", "video_id", "file", "reason"]
+INDEX_FIELDS = ["video_id", "source", "label", "n_frames", "path", "file"]
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _csv_text(fields: list[str], rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def read_failures(path: Path) -> dict[tuple[str, str, str], dict]:
+    if not path.is_file():
+        return {}
+    with open(path, newline="") as fh:
+        return {(r["split"], r["source"], r["video_id"]): r for r in csv.DictReader(fh)}
+
+
+def write_index(split_dir: Path) -> int:
+    """<split>/index.csv from every finished video folder (meta.json, >= 1 crop)."""
+    rows = []
+    for meta_path in sorted(split_dir.glob("*/*/meta.json")):
+        if meta_path.parent.name.startswith("."):
+            continue
+        m = json.loads(meta_path.read_text())
+        if m.get("n_frames", 0) < 1:
+            continue
+        rows.append({"video_id": m["video_id"], "source": m["source"], "label": m["label"],
+                     "n_frames": m["n_frames"], "path": f"{m['source']}/{m['video_id']}",
+                     "file": m["file"]})
+    _write_atomic(split_dir / "index.csv", _csv_text(INDEX_FIELDS, rows))
+    return len(rows)
+
+
+def run_dataset(dataset: str, root, out="data", split: str | None = None,
+                n_frames: int = 32, size: int = 256, scale: float = 1.3,
+                workers: int | None = None, landmarks: str | None = None,
+                compression: str = "c23", splits_dir: str | None = None,
+                detect_side: int = 640, reference: bool = False,
+                retry_failed: bool = False) -> dict[str, int]:
+    """Process one dataset; returns counts {"done", "skipped", "failed", "total"}."""
+    root = Path(root)
+    videos = list_videos(dataset, root, compression, splits_dir)
+    if split:
+        splits = sorted({v.split for v in videos})
+        if split not in splits:
+            raise LayoutError(f"{dataset} at {root} has no split {split!r}; "
+                              f"found: {', '.join(splits)}")
+        videos = [v for v in videos if v.split == split]
+    name = output_name(dataset, compression)
+    ds_dir = Path(out) / name
+    ds_dir.mkdir(parents=True, exist_ok=True)
+    fail_path = ds_dir / "failures.csv"
+    failures = read_failures(fail_path)
+
+    jobs, skipped, skipped_failed = [], 0, 0
+    for v in videos:
+        out_dir = ds_dir / v.split / v.source / v.video_id
+        key = (v.split, v.source, v.video_id)
+        if is_finished(out_dir):
+            skipped += 1
+        elif key in failures and not retry_failed:
+            skipped_failed += 1
+        else:
+            jobs.append(Job(v, out_dir, root, name, n_frames, size, scale, detect_side,
+                            reference))
+    print(f"{name}: {len(videos)} videos in {root}, {skipped} already done, "
+          f"{skipped_failed} failed before (--retry-failed to redo), {len(jobs)} to process")
+
+    workers = max(1, min(workers or _cpu_count(), len(jobs) or 1))
+    done = failed = frames = 0
+    t0 = time.time()
+    bar = tqdm(total=len(jobs), desc=name, unit="video", dynamic_ncols=True)
+    if workers == 1:
+        _init_worker(landmarks)
+        results = map(_run_job, jobs)
+        pool = None
+    else:
+        import multiprocessing as mp
+        pool = mp.get_context("spawn" if sys.platform != "linux" else "fork").Pool(
+            workers, _init_worker, (landmarks,))
+        results = pool.imap_unordered(_run_job, jobs)
+    try:
+        for r in results:
+            key = (r.job.video.split, r.job.video.source, r.job.video.video_id)
+            frames += r.n_sampled
+            if r.status == "done":
+                done += 1
+                failures.pop(key, None)
+            else:
+                failed += 1
+                failures[key] = {"split": key[0], "source": key[1], "video_id": key[2],
+                                 "file": _rel(r.job.video.file, root), "reason": r.reason}
+                _write_atomic(fail_path, _csv_text(FAILURE_FIELDS, list(failures.values())))
+                tqdm.write(f"failed: {r.job.video.file}: {r.reason}")
+            bar.update(1)
+            bar.set_postfix(frames_s=f"{frames / max(time.time() - t0, 1e-9):.1f}",
+                            failed=failed)
+    finally:
+        bar.close()
+        if pool is not None:
+            pool.close()
+            pool.join()
+    if failures or fail_path.exists():
+        _write_atomic(fail_path, _csv_text(FAILURE_FIELDS, list(failures.values())))
+    for s in sorted({v.split for v in videos}):
+        if (ds_dir / s).is_dir():
+            n = write_index(ds_dir / s)
+            print(f"{name}/{s}: {n} videos in {ds_dir / s / 'index.csv'}")
+    print(f"{name}: done {done}, skipped {skipped + skipped_failed} "
+          f"({skipped_failed} failed before), failed {failed}"
+          + (f" -> {fail_path}" if failed or skipped_failed else ""))
+    return {"done": done, "skipped": skipped + skipped_failed, "failed": failed,
+            "total": len(videos)}
+
+
+def _rel(path: Path, root: Path) -> str:
+    try:
+        return str(path.relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def find_datasets(base="datasets", compression: str = "c23") -> dict[str, Path | None]:
+    """Each dataset's usual folder under `base` whose layout is right, or None."""
+    found = {}
+    for name, candidates in DEFAULT_ROOTS.items():
+        found[name] = None
+        for rel in candidates:
+            root = Path(base) / Path(rel).relative_to("datasets")
+            if root.is_dir():
+                try:
+                    list_videos(name, root, compression)
+                except LayoutError:
+                    continue
+                found[name] = root
+                break
+    return found
+
+
+# ----------------------------------------------------------------------------- command line
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--dataset", choices=DATASETS,
+                   help="dataset to process; omit to process every dataset found under "
+                        "--datasets-dir")
+    p.add_argument("--root", help="dataset folder (default: its usual folder under datasets/)")
+    p.add_argument("--out", default="data", help="output folder")
+    p.add_argument("--split", help="only this split (e.g. test)")
+    p.add_argument("--frames", type=int, default=32, help="frames per video (linspace)")
+    p.add_argument("--size", type=int, default=256, help="crop size S")
+    p.add_argument("--scale", type=float, default=1.3, help="margin scale")
+    p.add_argument("--workers", type=int, default=_cpu_count(), help="processes")
+    p.add_argument("--landmarks", help="dlib shape predictor .dat (68 or 81 points); default: "
+                                       "the 68-point model of face-recognition-models")
+    p.add_argument("--compression", default="c23", choices=["raw", "c23", "c40"],
+                   help="FF++/DFD quality")
+    p.add_argument("--splits", help="folder with the FF++ train/val/test.json split files")
+    p.add_argument("--detect-side", type=int, default=640,
+                   help="longest side of the downscaled copy faces are detected on")
+    p.add_argument("--reference", action="store_true",
+                   help="reference procedure per frame (full frame, upsample 1, largest face); "
+                        "slow, for comparisons")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="process videos listed in failures.csv again")
+    p.add_argument("--datasets-dir", default="datasets",
+                   help="where to look for datasets when --dataset is omitted")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    opts = dict(out=a.out, split=a.split, n_frames=a.frames, size=a.size, scale=a.scale,
+                workers=a.workers, landmarks=a.landmarks, compression=a.compression,
+                splits_dir=a.splits, detect_side=a.detect_side, reference=a.reference,
+                retry_failed=a.retry_failed)
+    load_face_models(a.landmarks)  # fail early on a missing landmark file
+    try:
+        if a.dataset:
+            root = a.root
+            if root is None:
+                root = find_datasets(a.datasets_dir, a.compression)[a.dataset]
+                if root is None:
+                    tried = ", ".join(DEFAULT_ROOTS[a.dataset])
+                    raise SystemExit(f"error: {a.dataset} not found (looked in {tried}); pass "
+                                     f"--root PATH. Get it: {WHERE_TO_GET[a.dataset]}")
+            run_dataset(a.dataset, root, **opts)
+            return 0
+        if a.root:
+            raise SystemExit("error: --root needs --dataset (which dataset is at that root?)")
+        found = find_datasets(a.datasets_dir, a.compression)
+        for name, root in found.items():
+            print(f"{'found  ' if root else 'missing'} {name:7s} "
+                  + (str(root) if root else f"(looked in {', '.join(DEFAULT_ROOTS[name])}) "
+                                             f"-> {WHERE_TO_GET[name]}"))
+        if not any(found.values()):
+            raise SystemExit(f"error: no dataset found under {a.datasets_dir}/; put them in "
+                             "the folders above or pass --dataset NAME --root PATH")
+        for name, root in found.items():
+            if root is not None:
+                run_dataset(name, root, **opts)
+    except LayoutError as e:
+        raise SystemExit(f"error: {e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""Tiny synthetic videos for the preprocessing tests (a real face from scikit-image)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+FACE_CENTRE = (220.0, 121.0)  # centre of the astronaut's face in skimage's 512x512 image
+
+
+def astronaut() -> np.ndarray:
+    from skimage import data
+    return data.astronaut()  # [512, 512, 3] RGB
+
+
+def place_face(canvas_wh: tuple[int, int], centre: tuple[float, float], scale: float = 1.0,
+               angle: float = 0.0, background: int = 128,
+               frame: np.ndarray | None = None) -> np.ndarray:
+    """Draw the astronaut image onto a canvas (or over `frame`) so that her face centre lands on
+    `centre`, scaled and rotated (degrees) about it."""
+    w, h = canvas_wh
+    m = cv2.getRotationMatrix2D(FACE_CENTRE, angle, scale)
+    m[:, 2] += np.array(centre) - np.array(FACE_CENTRE)
+    src = astronaut()
+    if frame is None:
+        return cv2.warpAffine(src, m, (w, h), borderValue=(background,) * 3)
+    # only the head region (no suit) when drawing a second face over an existing frame
+    head = np.zeros(src.shape[:2], np.uint8)
+    head[20:230, 120:320] = 255
+    face = cv2.warpAffine(src, m, (w, h))
+    keep = cv2.warpAffine(head, m, (w, h)) > 127
+    out = frame.copy()
+    out[keep] = face[keep]
+    return out
+
+
+def face_frames(n: int = 8, wh: tuple[int, int] = (640, 480), seed: int = 0) -> list[np.ndarray]:
+    """n frames of one face with shifts, scale changes and small rotations (face ~ 0.3 of
+    the frame width: ~150 px at 640x480)."""
+    rng = np.random.RandomState(seed)
+    k = wh[0] / 640
+    frames = []
+    for _ in range(n):
+        centre = (wh[0] / 2 + k * rng.uniform(-60, 60), wh[1] * 0.4 + k * rng.uniform(-30, 30))
+        frames.append(place_face(wh, centre, k * rng.uniform(1.5, 1.9), rng.uniform(-8, 8)))
+    return frames
+
+
+def write_video(path, frames: list[np.ndarray], fps: int = 25, fourcc: str = "mp4v") -> Path:
+    """RGB frames -> video file (mp4v .mp4 or MJPG .avi)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), fps, (w, h))
+    assert writer.isOpened(), f"cannot write {path}"
+    for f in frames:
+        writer.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
+    writer.release()
+    return path
+
+
+def blank_video(path, n: int = 4, wh: tuple[int, int] = (96, 64)) -> Path:
+    """A video without any face (smooth noise)."""
+    rng = np.random.RandomState(1)
+    frames = [cv2.GaussianBlur(rng.randint(0, 255, (wh[1], wh[0], 3), np.uint8), (9, 9), 3)
+              for _ in range(n)]
+    return write_video(path, frames)
+
+
+def truncated_avi(path, n: int = 40, keep: float = 0.5, wh: tuple[int, int] = (160, 120)) -> Path:
+    """An MJPG .avi whose header still says n frames but whose data was cut to `keep`: the
+    container frame count lies."""
+    rng = np.random.RandomState(2)
+    frames = [rng.randint(0, 255, (wh[1], wh[0], 3), np.uint8) for _ in range(n)]
+    write_video(path, frames, fourcc="MJPG")
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[:int(len(data) * keep)])
+    return Path(path)
+
+
+def touch(path) -> Path:
+    """An empty placeholder file (layout tests never open the videos)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
