@@ -1,0 +1,686 @@
+"""CLIP in plain PyTorch, OpenAI's weights, and the deepfake detector built on its image tower.
+
+Read top to bottom:
+  1. the model (OpenAI's parameter names, so their checkpoints load with strict=True),
+  2. build_model / build_visual, which infer every size from the tensors,
+  3. downloads (cached, SHA-256 verified, atomic) and load(),
+  4. the byte-level BPE tokenizer,
+  5. the detector (L2-normalised ln_post class token -> Linear(width, 2)) and LN-tuning,
+  6. checkpoints: this project's small format, Hugging Face conversion, the authors' model.ckpt.
+
+    >>> model = load("ViT-L/14")                       # downloads ~890 MB once into ~/.cache/clip
+    >>> detector = load_detector("authors")            # the paper's released weights
+    >>> p_fake = detector(images).softmax(-1)[:, 1]    # images: [N, 3, 224, 224], image_transform()
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import html
+import http.client
+import importlib.util
+import io
+import os
+import pickle
+import sys
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from collections import OrderedDict
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable
+
+import ftfy
+import regex
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from tqdm import tqdm
+
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+
+# The path segment of each URL is the file's SHA-256: it doubles as the checksum.
+OPENAI_URL = "https://openaipublic.azureedge.net/clip/models"
+MODELS = {
+    "ViT-B/32": "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af/ViT-B-32.pt",
+    "ViT-B/16": "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f/ViT-B-16.pt",
+    "ViT-L/14": "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836/ViT-L-14.pt",
+    "ViT-L/14@336px": "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02/ViT-L-14-336px.pt",
+}
+BPE_URL = "https://github.com/openai/CLIP/raw/main/clip/bpe_simple_vocab_16e6.txt.gz"
+BPE_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
+AUTHORS_URL = "https://huggingface.co/yermandy/deepfake-detection/resolve/main/model.ckpt"
+MIRROR_ENV = "CLIP_MIRROR"  # a URL serving the files by name: <mirror>/ViT-L-14.pt, <mirror>/model.ckpt
+
+
+# ----------------------------------------------------------------------------------------------
+# 1. The model
+# ----------------------------------------------------------------------------------------------
+
+class QuickGELU(nn.Module):
+    """OpenAI trained CLIP with x * sigmoid(1.702 x), not the exact GELU; the weights expect it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with nn.MultiheadAttention's parameter names, run through SDPA."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
+        self.out_proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+        n, length, width = x.shape                                         # [N, 257, 1024]
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)          # [N, 257, 3072]
+        q, k, v = qkv.view(n, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # 3 x [N, 16, 257, 64]
+        x = F.scaled_dot_product_attention(q, k, v, is_causal=causal)      # [N, 16, 257, 64]
+        return self.out_proj(x.transpose(1, 2).reshape(n, length, width))  # [N, 257, 1024]
+
+
+class ResidualAttentionBlock(nn.Module):
+    def __init__(self, width: int, heads: int, causal: bool = False):
+        super().__init__()
+        self.causal = causal
+        self.attn = Attention(width, heads)
+        self.ln_1 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(OrderedDict([
+            ("c_fc", nn.Linear(width, width * 4)),
+            ("gelu", QuickGELU()),
+            ("c_proj", nn.Linear(width * 4, width)),
+        ]))
+        self.ln_2 = nn.LayerNorm(width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), self.causal)
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, width: int, layers: int, heads: int, causal: bool = False):
+        super().__init__()
+        self.width, self.layers = width, layers
+        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, causal) for _ in range(layers)])
+        self.grad_checkpointing = False  # recompute each block in the backward: less memory, ~1.3x time
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for block in self.resblocks:
+            if self.grad_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x)
+        return x
+
+    def init_weights(self) -> None:
+        """OpenAI's initialisation (used by the tiny random models in tests and smoke runs)."""
+        attn_std = self.width ** -0.5
+        proj_std = attn_std * (2 * self.layers) ** -0.5
+        for block in self.resblocks:
+            nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
+            nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
+            nn.init.normal_(block.mlp.c_fc.weight, std=(2 * self.width) ** -0.5)
+            nn.init.normal_(block.mlp.c_proj.weight, std=proj_std)
+
+
+class VisionTransformer(nn.Module):
+    def __init__(self, input_resolution: int, patch_size: int, width: int, layers: int, heads: int,
+                 output_dim: int | None):
+        super().__init__()
+        self.input_resolution, self.width = input_resolution, width
+        scale = width ** -0.5
+        self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
+        self.class_embedding = nn.Parameter(scale * torch.randn(width))
+        self.positional_embedding = nn.Parameter(scale * torch.randn((input_resolution // patch_size) ** 2 + 1, width))
+        self.ln_pre = nn.LayerNorm(width)
+        self.transformer = Transformer(width, layers, heads)
+        self.ln_post = nn.LayerNorm(width)
+        # The detector never uses proj; a Hugging Face CLIPVisionModel has none.
+        self.proj = nn.Parameter(scale * torch.randn(width, output_dim)) if output_dim else None
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """ln_post of the class token: the 1024-d feature the detector is built on."""
+        x = self.conv1(x.to(self.conv1.weight.dtype))                   # [N, 1024, 16, 16]
+        x = x.flatten(2).transpose(1, 2)                                # [N, 256, 1024]
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # [N, 1, 1024]
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # [N, 257, 1024]
+        x = self.transformer(self.ln_pre(x))                            # [N, 257, 1024]
+        return self.ln_post(x[:, 0])                                    # [N, 1024]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)                                    # [N, 1024]
+        return x @ self.proj if self.proj is not None else x            # [N, 768]
+
+
+class CLIP(nn.Module):
+    def __init__(self, embed_dim: int, image_resolution: int, vision_layers: int, vision_width: int,
+                 vision_patch_size: int, context_length: int, vocab_size: int, transformer_width: int,
+                 transformer_heads: int, transformer_layers: int):
+        super().__init__()
+        self.context_length = context_length
+        self.visual = VisionTransformer(image_resolution, vision_patch_size, vision_width, vision_layers,
+                                        vision_width // 64, embed_dim)
+        self.transformer = Transformer(transformer_width, transformer_layers, transformer_heads, causal=True)
+        self.token_embedding = nn.Embedding(vocab_size, transformer_width)
+        self.positional_embedding = nn.Parameter(0.01 * torch.randn(context_length, transformer_width))
+        self.ln_final = nn.LayerNorm(transformer_width)
+        self.text_projection = nn.Parameter(transformer_width ** -0.5 * torch.randn(transformer_width, embed_dim))
+        self.logit_scale = nn.Parameter(torch.tensor(1 / 0.07).log())
+        nn.init.normal_(self.token_embedding.weight, std=0.02)
+        self.visual.transformer.init_weights()
+        self.transformer.init_weights()
+
+    def encode_image(self, image: torch.Tensor) -> torch.Tensor:
+        return self.visual(image)                                       # [N, 768]
+
+    def encode_text(self, text: torch.Tensor) -> torch.Tensor:
+        x = self.token_embedding(text) + self.positional_embedding      # [N, 77, 768]
+        x = self.ln_final(self.transformer(x))                          # [N, 77, 768]
+        eot = text.argmax(dim=-1)  # the end-of-text token has the largest id in the vocabulary
+        return x[torch.arange(x.shape[0]), eot] @ self.text_projection  # [N, 768]
+
+    def forward(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        image_features = F.normalize(self.encode_image(image), dim=-1)
+        text_features = F.normalize(self.encode_text(text), dim=-1)
+        logits_per_image = self.logit_scale.exp() * image_features @ text_features.t()  # [N_img, N_txt]
+        return logits_per_image, logits_per_image.t()
+
+
+# ----------------------------------------------------------------------------------------------
+# 2. Sizes from tensors
+# ----------------------------------------------------------------------------------------------
+
+def _count_blocks(state_dict: dict, prefix: str) -> int:
+    return len({k[len(prefix):].split(".")[0] for k in state_dict if k.startswith(prefix)})
+
+
+def _prepare(state_dict: dict) -> dict:
+    """fp32 floats; drops the non-parameter entries that OpenAI's TorchScript archives carry."""
+    drop = {"input_resolution", "context_length", "vocab_size"}
+    return {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items() if k not in drop}
+
+
+def _vision_sizes(sd: dict) -> dict:
+    if "visual.conv1.weight" not in sd:
+        found = "ResNet CLIP" if "visual.layer1.0.conv1.weight" in sd else f"keys like {list(sd)[:3]}"
+        raise ValueError(f"expected a CLIP ViT state dict with 'visual.conv1.weight', found {found}")
+    width, _, patch, _ = sd["visual.conv1.weight"].shape               # [1024, 3, 14, 14]
+    grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+    return dict(input_resolution=patch * grid, patch_size=patch, width=width,
+                layers=_count_blocks(sd, "visual.transformer.resblocks."), heads=width // 64)
+
+
+def _build(module_fn, sd: dict) -> nn.Module:
+    """Builds on the meta device (no random init of 300M weights) and adopts the given tensors."""
+    with torch.device("meta"):
+        module = module_fn()
+    module.load_state_dict(sd, strict=True, assign=True)
+    return module
+
+
+def build_model(state_dict: dict) -> CLIP:
+    """The whole CLIP from an OpenAI state dict (ViT-B/32, B/16, L/14, L/14@336px), sizes inferred.
+
+    The returned model owns the given tensors (fp32 ones are used as they are, not copied)."""
+    sd = _prepare(state_dict)
+    v = _vision_sizes(sd)
+    text_width = sd["ln_final.weight"].shape[0]
+    sizes = dict(embed_dim=sd["text_projection"].shape[1], image_resolution=v["input_resolution"],
+                 vision_layers=v["layers"], vision_width=v["width"], vision_patch_size=v["patch_size"],
+                 context_length=sd["positional_embedding"].shape[0], vocab_size=sd["token_embedding.weight"].shape[0],
+                 transformer_width=text_width, transformer_heads=text_width // 64,
+                 transformer_layers=_count_blocks(sd, "transformer.resblocks."))
+    return _build(lambda: CLIP(**sizes), sd)
+
+
+def build_visual(state_dict: dict) -> VisionTransformer:
+    """The image tower alone from the `visual.*` keys of a CLIP state dict (`visual.proj` optional)."""
+    sd = {k[len("visual."):]: v for k, v in _prepare(state_dict).items() if k.startswith("visual.")}
+    sizes = _vision_sizes({"visual." + k: v for k, v in sd.items()})
+    output_dim = sd["proj"].shape[1] if "proj" in sd else None
+    return _build(lambda: VisionTransformer(**sizes, output_dim=output_dim), sd)
+
+
+def tiny_visual(width: int = 64, layers: int = 2, heads: int = 1, patch_size: int = 14,
+                input_resolution: int = 224, output_dim: int | None = None, seed: int = 0) -> VisionTransformer:
+    """A small randomly initialised image tower (head width 64) for tests and CPU smoke runs.
+    The same seed always gives the same weights, without touching the global RNG."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        visual = VisionTransformer(input_resolution, patch_size, width, layers, heads, output_dim)
+        visual.transformer.init_weights()
+    return visual
+
+
+def tiny_clip(seed: int = 0, vocab_size: int = 49408) -> CLIP:
+    """A small randomly initialised CLIP, text tower included (zero-shot tests)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return CLIP(embed_dim=32, image_resolution=224, vision_layers=2, vision_width=64, vision_patch_size=14,
+                    context_length=77, vocab_size=vocab_size, transformer_width=64, transformer_heads=1,
+                    transformer_layers=2)
+
+
+# ----------------------------------------------------------------------------------------------
+# 3. Downloads and loading
+# ----------------------------------------------------------------------------------------------
+
+class DownloadError(RuntimeError):
+    pass
+
+
+def cache_dir(download_root: str | os.PathLike | None = None) -> Path:
+    if download_root is not None:
+        return Path(download_root)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "clip"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def download(url: str, root: str | os.PathLike | None = None, sha256: str | None = None) -> Path:
+    """Fetch `url` into the cache once; a cached file with a wrong SHA-256 is fetched again.
+
+    Bytes go to a temporary file that is renamed only after the hash matched, so an interrupted
+    or corrupt download never leaves a file that looks finished. $CLIP_MIRROR replaces the host:
+    the file is then fetched from <mirror>/<file name>."""
+    root = cache_dir(root)
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / url.rsplit("/", 1)[-1]
+    if target.is_file():
+        if sha256 is None or _sha256(target) == sha256:
+            return target
+        print(f"{target} has the wrong SHA-256: downloading it again", file=sys.stderr)
+    if mirror := os.environ.get(MIRROR_ENV):
+        url = f"{mirror.rstrip('/')}/{target.name}"
+    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{target.name}.", suffix=".part")
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as response:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=target.name) as bar:
+                while chunk := response.read(1 << 20):
+                    f.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+        if total is not None and bar.n != total:
+            raise OSError(f"connection closed after {bar.n} of {total} bytes")
+        if sha256 is not None and digest.hexdigest() != sha256:
+            raise DownloadError(f"{url} has SHA-256 {digest.hexdigest()}, expected {sha256}: nothing was saved")
+        os.replace(tmp, target)
+    except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
+        reason = getattr(e, "reason", None) or e
+        raise DownloadError(f"could not download {url} ({reason}); download it by hand and pass the file's "
+                            f"path instead, or put it at {target}") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target
+
+
+def _model_file(name_or_path: str, download_root: str | os.PathLike | None) -> Path:
+    if name_or_path in MODELS:
+        sha, _ = MODELS[name_or_path].split("/")
+        return download(f"{OPENAI_URL}/{MODELS[name_or_path]}", download_root, sha256=sha)
+    if os.path.isfile(name_or_path):
+        return Path(name_or_path)
+    raise ValueError(f"unknown CLIP model {name_or_path!r}: expected one of {list(MODELS)} or a path to a file")
+
+
+def read_state_dict(path: str | os.PathLike) -> dict:
+    """An OpenAI TorchScript archive or a plain state dict file -> {name: tensor}."""
+    # OpenAI's files are TorchScript archives: TorchScript code and tensors, no pickled Python.
+    if zipfile.is_zipfile(path) and any(n.endswith("/constants.pkl") for n in zipfile.ZipFile(path).namelist()):
+        return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError) as e:
+        raise ValueError(f"{path} is neither a TorchScript archive nor a state dict ({str(e).splitlines()[0]})") from None
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise ValueError(f"{path} holds a {type(sd).__name__}, expected a state dict")
+    return sd
+
+
+def load(name_or_path: str, device: str | torch.device = "cpu", download_root: str | os.PathLike | None = None) -> CLIP:
+    """CLIP by name (downloaded and cached) or from a local OpenAI archive / state-dict file, in fp32."""
+    return build_model(read_state_dict(_model_file(name_or_path, download_root))).to(device).eval()
+
+
+# ----------------------------------------------------------------------------------------------
+# 4. The tokenizer: byte-level BPE over OpenAI's vocabulary
+# ----------------------------------------------------------------------------------------------
+
+@lru_cache()
+def _byte_alphabet() -> dict[int, str]:
+    """Maps each of the 256 bytes to a printable unicode character, so BPE never sees whitespace
+    or control bytes: printable Latin-1 bytes stand for themselves, the rest for chr(256 + n)."""
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    extra = (b for b in range(256) if b not in keep)
+    return {**{b: chr(b) for b in keep}, **{b: chr(256 + i) for i, b in enumerate(extra)}}
+
+
+def _clean(text: str) -> str:
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return regex.sub(r"\s+", " ", text).strip().lower()
+
+
+class Tokenizer:
+    """OpenAI's CLIP tokenizer: cleaned, lower-cased text, split by a regex, each piece BPE-merged.
+    Vocabulary: 256 byte symbols, the same with an end-of-word mark, the merges, two specials."""
+
+    PATTERN = regex.compile(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
+                            regex.IGNORECASE)
+    N_MERGES = 49152 - 256 - 2  # OpenAI uses the first 48,894 merges of the file: vocabulary of 49,408
+
+    def __init__(self, bpe_path: str | os.PathLike | None = None):
+        path = bpe_path or download(BPE_URL, sha256=BPE_SHA256)
+        lines = gzip.open(path, "rt", encoding="utf-8").read().split("\n")[1:self.N_MERGES + 1]
+        merges = [tuple(line.split()) for line in lines if line.strip()]
+        symbols = list(_byte_alphabet().values())
+        vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
+        vocab += ["<|startoftext|>", "<|endoftext|>"]
+        self.encoder = {token: i for i, token in enumerate(vocab)}
+        self.decoder = {i: token for token, i in self.encoder.items()}
+        self.ranks = {merge: i for i, merge in enumerate(merges)}
+        self.byte_decoder = {c: b for b, c in _byte_alphabet().items()}
+        self.sot, self.eot = self.encoder["<|startoftext|>"], self.encoder["<|endoftext|>"]
+        self._cache = {"<|startoftext|>": ["<|startoftext|>"], "<|endoftext|>": ["<|endoftext|>"]}
+
+    def bpe(self, piece: str) -> list[str]:
+        """Repeatedly merges the adjacent pair with the lowest merge rank."""
+        if piece in self._cache:
+            return self._cache[piece]
+        word = [*piece[:-1], piece[-1] + "</w>"]
+        while len(word) > 1:
+            pairs = {(a, b) for a, b in zip(word, word[1:])}
+            best = min(pairs, key=lambda p: self.ranks.get(p, float("inf")))
+            if best not in self.ranks:
+                break
+            merged, i = [], 0
+            while i < len(word):
+                if i + 1 < len(word) and (word[i], word[i + 1]) == best:
+                    merged.append(word[i] + word[i + 1])
+                    i += 2
+                else:
+                    merged.append(word[i])
+                    i += 1
+            word = merged
+        self._cache[piece] = word
+        return word
+
+    def encode(self, text: str) -> list[int]:
+        alphabet = _byte_alphabet()
+        ids = []
+        for piece in self.PATTERN.findall(_clean(text)):
+            piece = "".join(alphabet[b] for b in piece.encode("utf-8"))
+            ids.extend(self.encoder[token] for token in self.bpe(piece))
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        text = "".join(self.decoder[int(i)] for i in ids)
+        data = bytearray(self.byte_decoder[c] for c in text)
+        return data.decode("utf-8", errors="replace").replace("</w>", " ")
+
+
+def tokenize(texts: str | list[str], context_length: int = 77, truncate: bool = False,
+             tokenizer: Tokenizer | None = None) -> torch.Tensor:
+    """Texts -> LongTensor [N, context_length]: <|startoftext|> ids <|endoftext|>, zero padded."""
+    tokenizer = tokenizer or Tokenizer()
+    texts = [texts] if isinstance(texts, str) else texts
+    result = torch.zeros(len(texts), context_length, dtype=torch.long)
+    for i, text in enumerate(texts):
+        ids = [tokenizer.sot, *tokenizer.encode(text), tokenizer.eot]
+        if len(ids) > context_length:
+            if not truncate:
+                raise ValueError(f"text {i} has {len(ids)} tokens, more than the context length {context_length}; "
+                                 f"shorten it or pass truncate=True")
+            ids = ids[:context_length - 1] + [tokenizer.eot]
+        result[i, :len(ids)] = torch.tensor(ids)
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# 5. The detector
+# ----------------------------------------------------------------------------------------------
+
+def image_transform(size: int = 224):
+    """CLIP's preprocessing: shortest side to `size` (bicubic), centre crop, scale to [0, 1],
+    normalise. Takes a PIL image, an HWC uint8 array or a CHW uint8 tensor."""
+    from torchvision.transforms import v2  # imported here: the model itself does not need torchvision
+    return v2.Compose([
+        v2.ToImage(),
+        v2.Resize(size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+        v2.CenterCrop(size),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(OPENAI_MEAN, OPENAI_STD),
+    ])
+
+
+class DeepfakeDetector(nn.Module):
+    """CLIP image tower -> ln_post(class token) -> L2 normalise -> Linear(width, 2). Class 1 = fake."""
+
+    def __init__(self, visual: VisionTransformer, normalize: bool = True):
+        super().__init__()
+        self.visual = visual
+        self.normalize = normalize
+        self.head = nn.Linear(visual.width, 2)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.visual.forward_features(images)                        # [N, 1024]
+        return F.normalize(x, dim=-1) if self.normalize else x          # on the unit hypersphere
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))                         # [N, 2]
+
+
+TUNING = ("ln", "linear-probe", "full")
+
+
+def set_trainable(detector: DeepfakeDetector, tuning: str) -> int:
+    """Which tensors train: "ln" = every LayerNorm's weight and bias + head (the paper), "linear-probe"
+    = head only, "full" = everything. Returns the number of trainable parameters."""
+    if tuning not in TUNING:
+        raise ValueError(f"tuning must be one of {TUNING}, got {tuning!r}")
+    detector.requires_grad_(tuning == "full")
+    if tuning == "ln":
+        for module in detector.visual.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.requires_grad_(True)
+    detector.head.requires_grad_(True)
+    return sum(p.numel() for p in detector.parameters() if p.requires_grad)
+
+
+def enable_ln_tuning(detector: DeepfakeDetector) -> int:
+    return set_trainable(detector, "ln")
+
+
+def build_detector(clip: str, normalize: bool = True, device: str | torch.device = "cpu",
+                   download_root: str | os.PathLike | None = None) -> DeepfakeDetector:
+    """`clip`: a model name ("ViT-L/14", downloaded), a path to OpenAI weights, or "tiny"."""
+    if clip == "tiny":
+        visual = tiny_visual()
+    else:
+        visual = build_visual(read_state_dict(_model_file(clip, download_root)))
+    return DeepfakeDetector(visual, normalize).to(device)
+
+
+# ----------------------------------------------------------------------------------------------
+# 6. Checkpoints
+# ----------------------------------------------------------------------------------------------
+
+FORMAT = "clip-deepfake/1"
+
+
+def base_sha256(detector: nn.Module, exclude: Iterable[str]) -> str:
+    """SHA-256 over the names and fp32 values of every tensor not in `exclude`: the frozen base
+    weights a checkpoint of the trainable tensors must be applied to."""
+    exclude, h = set(exclude), hashlib.sha256()
+    for name, tensor in sorted(detector.state_dict().items()):
+        if name not in exclude:
+            h.update(name.encode())
+            h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy())
+    return h.hexdigest()
+
+
+def _atomic_save(obj: dict, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path: str | os.PathLike, detector: DeepfakeDetector, config: dict, **extra) -> None:
+    """Only the trainable tensors + config + SHA-256 of the frozen rest (under 1 MB for ViT-L/14
+    LN-tuning), written atomically. `config` needs `clip` and `normalize`; plain types only, so the
+    file loads with weights_only=True. `extra` (optimizer state, step, ...) is stored alongside."""
+    trainable = {n: p.detach().cpu().clone() for n, p in detector.named_parameters() if p.requires_grad}
+    _atomic_save({"format": FORMAT, "config": dict(config), "base_sha256": base_sha256(detector, trainable),
+                  "state_dict": trainable, **extra}, path)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict:
+    """This project's checkpoint; weights_only=True, so nothing in the file can run code."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a checkpoint of this project (format {FORMAT!r})")
+    return ckpt
+
+
+def apply_checkpoint(detector: DeepfakeDetector, ckpt: dict, clip: str = "the given CLIP weights") -> None:
+    """Loads the trainable tensors after checking the frozen rest is what they were trained on."""
+    unknown = set(ckpt["state_dict"]) - set(detector.state_dict())
+    if unknown:
+        raise ValueError(f"checkpoint tensors {sorted(unknown)[:3]} do not exist in the model built from {clip}")
+    found = base_sha256(detector, ckpt["state_dict"])
+    if found != ckpt["base_sha256"]:
+        raise ValueError(f"checkpoint was trained on CLIP weights with SHA-256 {ckpt['base_sha256'][:16]}..., "
+                         f"but {clip} has {found[:16]}...: pass the CLIP weights it was trained from (--clip)")
+    detector.load_state_dict(ckpt["state_dict"], strict=False)
+
+
+def convert_hf_vision_state_dict(state_dict: dict) -> dict:
+    """Hugging Face CLIPVisionModel names (`vision_model.*`, q/k/v apart) -> OpenAI `visual.*` names."""
+    sd = {k[len("vision_model."):]: v for k, v in state_dict.items() if k.startswith("vision_model.")}
+    if "embeddings.patch_embedding.weight" not in sd:
+        raise ValueError("expected Hugging Face CLIP vision keys like 'vision_model.embeddings.patch_embedding.weight'")
+    out = {
+        "visual.conv1.weight": sd["embeddings.patch_embedding.weight"],
+        "visual.class_embedding": sd["embeddings.class_embedding"],
+        "visual.positional_embedding": sd["embeddings.position_embedding.weight"],
+    }
+    for hf, ours in (("pre_layrnorm", "ln_pre"), ("post_layernorm", "ln_post")):
+        out |= {f"visual.{ours}.{p}": sd[f"{hf}.{p}"] for p in ("weight", "bias")}
+    for i in range(_count_blocks(sd, "encoder.layers.")):
+        hf, ours = f"encoder.layers.{i}.", f"visual.transformer.resblocks.{i}."
+        for p in ("weight", "bias"):
+            out[ours + f"attn.in_proj_{p}"] = torch.cat([sd[hf + f"self_attn.{n}_proj.{p}"] for n in "qkv"])
+            out[ours + f"attn.out_proj.{p}"] = sd[hf + f"self_attn.out_proj.{p}"]
+            out[ours + f"ln_1.{p}"] = sd[hf + f"layer_norm1.{p}"]
+            out[ours + f"ln_2.{p}"] = sd[hf + f"layer_norm2.{p}"]
+            out[ours + f"mlp.c_fc.{p}"] = sd[hf + f"mlp.fc1.{p}"]
+            out[ours + f"mlp.c_proj.{p}"] = sd[hf + f"mlp.fc2.{p}"]
+    if "visual_projection.weight" in state_dict:  # CLIPVisionModelWithProjection
+        out["visual.proj"] = state_dict["visual_projection.weight"].t()
+    return out
+
+
+class Placeholder:
+    """Stands in for a pickled object whose class does not exist here (the authors' config enums):
+    it records what was pickled and never runs anything."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.state = args, None
+
+    def __setstate__(self, state):
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__qualname__}{self.args}>"
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """Unpickles tensors and plain containers only. A global from a module that does not exist here
+    becomes an inert Placeholder; any other global (os.system, builtins.eval, ...) is refused."""
+
+    ALLOWED = {
+        ("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
+        ("torch._utils", "_rebuild_parameter_with_state"), ("torch", "Size"), ("builtins", "set"),
+        ("builtins", "frozenset"), ("_codecs", "encode"), ("torch", "device"),
+        *(("torch", str(d).split(".")[1]) for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64,
+                                                    torch.int64, torch.int32, torch.uint8, torch.bool)),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        top = module.split(".")[0]
+        if top in sys.modules or importlib.util.find_spec(top) is not None:
+            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: it exists here and could run code")
+        return type(name, (Placeholder,), {"__module__": module})
+
+
+class _RestrictedPickleModule:
+    """What torch.load's `pickle_module` argument expects: a module-like with Unpickler and load."""
+    Unpickler = RestrictedUnpickler
+    UnpicklingError = pickle.UnpicklingError
+
+    @staticmethod
+    def load(file, **kwargs):
+        return RestrictedUnpickler(file, **kwargs).load()
+
+
+def read_authors_checkpoint(path: str | os.PathLike) -> dict:
+    """The authors' Lightning model.ckpt -> OpenAI-named visual tensors + `head.*`, without their
+    code and without running anything pickled in the file (see RestrictedUnpickler)."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickleModule)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path}: {e}") from None
+    prefix = "feature_extractor.base_model.model."
+    sd = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
+    hf = {}
+    for key, value in sd.items():
+        if not key.startswith(prefix) or ".base_layer." in key:
+            continue  # the frozen LayerNorm originals: the tuned copies are the ones that run
+        hf[key[len(prefix):].replace(".ln_tuning_layers.default.", ".")] = value
+    if "model.linear.weight" not in sd or not hf:
+        raise ValueError(f"{path} is not the authors' checkpoint: expected keys '{prefix}vision_model.*' "
+                         f"and 'model.linear.weight'")
+    out = convert_hf_vision_state_dict(hf)
+    out["head.weight"], out["head.bias"] = sd["model.linear.weight"], sd["model.linear.bias"]
+    return out
+
+
+def load_detector(source: str | os.PathLike, clip: str | None = None, device: str | torch.device = "cpu",
+                  download_root: str | os.PathLike | None = None) -> DeepfakeDetector:
+    """Every kind of detector, in eval mode: this project's checkpoint (trained on `clip`, by default
+    the CLIP its config names), the authors' model.ckpt by path, or "authors" (downloaded)."""
+    if str(source) == "authors":
+        source = download(AUTHORS_URL, download_root)
+    try:
+        ckpt = load_checkpoint(source)
+    except (pickle.UnpicklingError, ValueError, RuntimeError):
+        sd = read_authors_checkpoint(source)  # raises a clear error when it is not that either
+        head = {k[len("head."):]: sd.pop(k) for k in ("head.weight", "head.bias")}
+        detector = DeepfakeDetector(build_visual(sd), normalize=True)
+        detector.head.load_state_dict({k: v.float() for k, v in head.items()})
+        return detector.to(device).eval()
+    clip = clip or ckpt["config"]["clip"]
+    detector = build_detector(clip, ckpt["config"].get("normalize", True), download_root=download_root)
+    apply_checkpoint(detector, ckpt, clip)
+    return detector.to(device).eval()

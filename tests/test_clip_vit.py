@@ -1,0 +1,437 @@
+"""clip_vit.py: OpenAI equivalence, size inference, downloads, tokenizer, detector, checkpoints."""
+import enum
+import gzip
+import http.server
+import importlib.util
+import os
+import pickle
+import sys
+import sysconfig
+import threading
+import types
+from pathlib import Path
+
+import pytest
+import torch
+
+import clip_vit as cv
+
+REFERENCE = Path(sysconfig.get_paths()["purelib"]) / "clip"  # OpenAI's code, from the openai-clip wheel
+
+
+def reference(name: str):
+    """Imports one file of OpenAI's package by path: its __init__ needs pkg_resources, gone from setuptools."""
+    spec = importlib.util.spec_from_file_location(f"openai_clip_{name}", REFERENCE / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---------------------------------------------------------------- the model against OpenAI's
+
+def test_tiny_clip_equals_openai_reference():
+    ref = reference("model").build_model(cv.tiny_clip(seed=1).state_dict()).float().eval()
+    ours = cv.build_model(ref.state_dict()).eval()
+    tokenizer = cv.Tokenizer(REFERENCE / "bpe_simple_vocab_16e6.txt.gz")
+    images, text = torch.randn(2, 3, 224, 224), cv.tokenize(["a photo of a real face", "a fake"], tokenizer=tokenizer)
+    with torch.no_grad():
+        for a, b in zip(ref(images, text), ours(images, text)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ref.encode_text(text), ours.encode_text(text), rtol=1e-5, atol=1e-5)
+
+
+def test_vit_l14_image_tower_equals_openai_reference():
+    torch.manual_seed(0)
+    ref = reference("model").VisionTransformer(224, 14, 1024, 24, 16, 768).eval()
+    ours = cv.build_visual({"visual." + k: v for k, v in ref.state_dict().items()}).eval()
+    image = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(image), ref(image), rtol=1e-5, atol=1e-5)
+
+
+SIZES = {  # name: (embed_dim, resolution, vision layers, width, patch, text width, text layers)
+    "ViT-B/32": (512, 224, 12, 768, 32, 512, 12),
+    "ViT-B/16": (512, 224, 12, 768, 16, 512, 12),
+    "ViT-L/14": (768, 224, 24, 1024, 14, 768, 12),
+    "ViT-L/14@336px": (768, 336, 24, 1024, 14, 768, 12),
+}
+
+
+@pytest.mark.parametrize("name", SIZES)
+def test_build_model_infers_sizes(name):
+    embed, res, layers, width, patch, text_width, text_layers = SIZES[name]
+    with torch.device("meta"):  # OpenAI's own class gives the real shapes; meta allocates nothing
+        ref = reference("model").CLIP(embed, res, layers, width, patch, 77, 49408, text_width, text_width // 64,
+                                      text_layers)
+    sd = ref.state_dict() | {"input_resolution": torch.tensor(res), "context_length": torch.tensor(77),
+                             "vocab_size": torch.tensor(49408)}
+    model = cv.build_model(sd)
+    assert model.visual.input_resolution == res and model.visual.width == width
+    assert len(model.visual.transformer.resblocks) == layers and len(model.transformer.resblocks) == text_layers
+    assert model.visual.conv1.kernel_size == (patch, patch)
+    assert model.visual.transformer.resblocks[0].attn.heads == width // 64
+    assert {k: v.shape for k, v in model.state_dict().items()} == {k: v.shape for k, v in ref.state_dict().items()}
+
+
+def vit_l14_meta() -> cv.VisionTransformer:
+    with torch.device("meta"):
+        return cv.VisionTransformer(224, 14, 1024, 24, 16, 768)
+
+
+def test_vit_l14_parameter_counts():
+    visual = vit_l14_meta()
+    assert sum(p.numel() for p in visual.parameters()) == 303_966_208
+    detector = cv.DeepfakeDetector(visual)
+    assert cv.enable_ln_tuning(detector) == 104_450
+    trainable = [n for n, p in detector.named_parameters() if p.requires_grad]
+    assert len(trainable) == 50 * 2 + 2
+    assert all(".ln_" in n or n.startswith("head.") for n in trainable)
+    assert cv.set_trainable(detector, "linear-probe") == 2050
+
+
+def test_frozen_weights_get_no_gradient():
+    detector = cv.DeepfakeDetector(cv.tiny_visual())
+    cv.enable_ln_tuning(detector)
+    detector(torch.randn(2, 3, 224, 224)).sum().backward()
+    for name, p in detector.named_parameters():
+        assert (p.grad is not None) == p.requires_grad, name
+
+
+def test_detector_features_are_unit_norm_ln_post_class_token():
+    visual = cv.tiny_visual(output_dim=32)
+    detector = cv.DeepfakeDetector(visual).eval()
+    images = torch.randn(3, 3, 224, 224)
+    with torch.no_grad():
+        f = detector.features(images)
+        torch.testing.assert_close(f.norm(dim=-1), torch.ones(3))
+        torch.testing.assert_close(f, torch.nn.functional.normalize(visual.forward_features(images), dim=-1))
+        assert detector(images).shape == (3, 2)
+        assert cv.DeepfakeDetector(visual, normalize=False).features(images).norm(dim=-1).sub(1).abs().max() > 1e-3
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    grads = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)  # the same head
+        detector = cv.DeepfakeDetector(cv.tiny_visual())
+        cv.enable_ln_tuning(detector)
+        detector.visual.transformer.grad_checkpointing = ckpt
+        detector(torch.ones(1, 3, 224, 224)).sum().backward()
+        grads.append(detector.visual.ln_pre.weight.grad)
+    torch.testing.assert_close(grads[0], grads[1])
+
+
+def test_image_transform_shape_and_normalisation():
+    image = torch.full((3, 256, 320), 255, dtype=torch.uint8)
+    x = cv.image_transform()(image)
+    assert x.shape == (3, 224, 224)
+    torch.testing.assert_close(x[:, 0, 0], (1 - torch.tensor(cv.OPENAI_MEAN)) / torch.tensor(cv.OPENAI_STD))
+
+
+# ---------------------------------------------------------------- loading OpenAI's files
+
+class WithArchiveAttributes(torch.nn.Module):
+    """OpenAI's TorchScript archives carry input_resolution etc. next to the parameters."""
+
+    def __init__(self, model):
+        super().__init__()
+        for key, value in model.named_children():
+            self.add_module(key, value)
+        for key, value in model.named_parameters(recurse=False):
+            self.register_parameter(key, value)
+        for key in ("input_resolution", "context_length", "vocab_size"):
+            self.register_buffer(key, torch.tensor(224))
+        self.model = [model]
+
+    def forward(self, image, text):
+        return self.model[0](image, text)
+
+
+def test_load_plain_state_dict_and_torchscript_archive(tmp_path):
+    model = cv.tiny_clip(seed=3).eval()
+    images, text = torch.randn(2, 3, 224, 224), torch.randint(1, 400, (2, 77))
+    torch.save(model.state_dict(), tmp_path / "plain.pt")
+    archive = torch.jit.trace(WithArchiveAttributes(model), (images, text), check_trace=False)
+    archive.save(str(tmp_path / "openai.pt"))
+    assert "input_resolution" in torch.jit.load(str(tmp_path / "openai.pt")).state_dict()
+    with torch.no_grad():
+        expected = model(images, text)
+        for file in ("plain.pt", "openai.pt"):
+            loaded = cv.load(str(tmp_path / file))
+            for a, b in zip(expected, loaded(images, text)):
+                assert torch.equal(a, b), file
+
+
+def test_load_unknown_name_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown CLIP model 'ViT-X/99'.*ViT-L/14"):
+        cv.load("ViT-X/99")
+
+
+# ---------------------------------------------------------------- downloads over loopback HTTP
+
+class Server:
+    """Serves `files` on 127.0.0.1; a file named in `truncate` is cut off after half its bytes."""
+
+    def __init__(self, files: dict[str, bytes], truncate=()):
+        outer = self
+        self.requests = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.requests += 1
+                data = files.get(self.path.rsplit("/", 1)[-1])
+                if data is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                name = self.path.rsplit("/", 1)[-1]
+                self.wfile.write(data[: len(data) // 2] if name in truncate else data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def payload():
+    import hashlib
+    data = os.urandom(3 << 20)
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def test_download_caches_and_verifies(tmp_path, payload, capsys):
+    data, sha = payload
+    server = Server({"weights.pt": data})
+    try:
+        path = cv.download(f"{server.url}/x/weights.pt", tmp_path, sha256=sha)
+        assert path.read_bytes() == data and "weights.pt" in capsys.readouterr().err  # tqdm bar
+        assert cv.download(f"{server.url}/x/weights.pt", tmp_path, sha256=sha) == path
+        assert server.requests == 1  # second call hit the cache
+        path.write_bytes(b"corrupt")  # a damaged cache is fetched again
+        assert cv.download(f"{server.url}/x/weights.pt", tmp_path, sha256=sha).read_bytes() == data
+        assert server.requests == 2
+    finally:
+        server.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights.pt"]
+
+
+def test_download_wrong_hash_and_truncation_leave_nothing(tmp_path, payload):
+    data, sha = payload
+    server = Server({"weights.pt": data, "cut.pt": data}, truncate={"cut.pt"})
+    try:
+        with pytest.raises(cv.DownloadError, match="SHA-256"):
+            cv.download(f"{server.url}/weights.pt", tmp_path, sha256="0" * 64)
+        with pytest.raises(cv.DownloadError, match="could not download"):
+            cv.download(f"{server.url}/cut.pt", tmp_path, sha256=sha)
+    finally:
+        server.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_named_model_downloads_through_mirror_and_offline_error(tmp_path, monkeypatch):
+    model = cv.tiny_clip(seed=4)
+    buffer = tmp_path / "src.pt"
+    torch.save(model.state_dict(), buffer)
+    data = buffer.read_bytes()
+    server = Server({"ViT-B-32.pt": data})
+    monkeypatch.setenv("CLIP_MIRROR", server.url)
+    try:  # the published SHA-256 does not match our tiny file: refused, nothing cached
+        with pytest.raises(cv.DownloadError, match="expected 40d36571"):
+            cv.load("ViT-B/32", download_root=tmp_path / "cache")
+    finally:
+        server.close()
+    assert list((tmp_path / "cache").iterdir()) == []
+    monkeypatch.setenv("CLIP_MIRROR", "http://127.0.0.1:9")  # nothing listens on the discard port
+    with pytest.raises(cv.DownloadError, match=r"could not download http://127.0.0.1:9/ViT-L-14.pt .*by hand"):
+        cv.load("ViT-L/14", download_root=tmp_path / "cache")
+
+
+def test_xdg_cache_home_is_honoured(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cv.cache_dir() == tmp_path / "clip"
+    assert cv.cache_dir(tmp_path / "mine") == tmp_path / "mine"
+
+
+# ---------------------------------------------------------------- tokenizer
+
+def small_vocab(path: Path) -> Path:
+    merges = ["h e", "l l", "he ll", "hell o</w>", "w o", "wo r", "wor l", "worl d</w>"]
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.write("#version: test\n" + "\n".join(merges) + "\n")
+    return path
+
+
+def test_tokenizer_small_vocabulary(tmp_path):
+    tok = cv.Tokenizer(small_vocab(tmp_path / "vocab.txt.gz"))
+    assert len(tok.encoder) == 512 + 8 + 2
+    hello, world = tok.encoder["hello</w>"], tok.encoder["world</w>"]
+    assert tok.encode("  Hello   WORLD ") == [hello, world]
+    assert tok.decode([hello, world]) == "hello world "
+    assert tok.encode("hi!") == [tok.encoder["h"], tok.encoder["i</w>"], tok.encoder["!</w>"]]
+    tokens = cv.tokenize(["hello world", "hello"], context_length=6, tokenizer=tok)
+    assert tokens.tolist() == [[tok.sot, hello, world, tok.eot, 0, 0], [tok.sot, hello, tok.eot, 0, 0, 0]]
+    assert tokens.argmax(-1).tolist() == [3, 2]  # encode_text reads the feature at the end-of-text token
+    with pytest.raises(ValueError, match="more than the context length 3"):
+        cv.tokenize("hello world", context_length=3, tokenizer=tok)
+    assert cv.tokenize("hello world", context_length=3, truncate=True, tokenizer=tok).tolist() == [
+        [tok.sot, hello, tok.eot]]
+
+
+def test_tokenizer_equals_openai_on_its_vocabulary():
+    ours = cv.Tokenizer(REFERENCE / "bpe_simple_vocab_16e6.txt.gz")
+    ref = reference("simple_tokenizer").SimpleTokenizer(str(REFERENCE / "bpe_simple_vocab_16e6.txt.gz"))
+    assert len(ours.encoder) == 49408
+    for text in ["a photo of a real face", "Hello,   WORLD!! naïve café &amp; 日本語 don't", "deepfake" * 9, "3.14"]:
+        assert ours.encode(text) == ref.encode(text)
+        assert ours.decode(ours.encode(text)) == ref.decode(ref.encode(text))
+    assert cv._sha256(REFERENCE / "bpe_simple_vocab_16e6.txt.gz") == cv.BPE_SHA256
+
+
+# ---------------------------------------------------------------- Hugging Face names
+
+def to_hf(visual_sd: dict) -> dict:
+    """OpenAI -> Hugging Face CLIPVisionModel names, written independently of the converter under test."""
+    hf = {"vision_model.embeddings.patch_embedding.weight": visual_sd["conv1.weight"],
+          "vision_model.embeddings.class_embedding": visual_sd["class_embedding"],
+          "vision_model.embeddings.position_embedding.weight": visual_sd["positional_embedding"],
+          "vision_model.embeddings.position_ids": torch.arange(visual_sd["positional_embedding"].shape[0])[None]}
+    for p in ("weight", "bias"):
+        hf[f"vision_model.pre_layrnorm.{p}"] = visual_sd[f"ln_pre.{p}"]
+        hf[f"vision_model.post_layernorm.{p}"] = visual_sd[f"ln_post.{p}"]
+    i = 0
+    while f"transformer.resblocks.{i}.ln_1.weight" in visual_sd:
+        o, h = f"transformer.resblocks.{i}.", f"vision_model.encoder.layers.{i}."
+        for p in ("weight", "bias"):
+            q, k, v = visual_sd[o + f"attn.in_proj_{p}"].chunk(3)
+            hf |= {h + f"self_attn.q_proj.{p}": q, h + f"self_attn.k_proj.{p}": k, h + f"self_attn.v_proj.{p}": v,
+                   h + f"self_attn.out_proj.{p}": visual_sd[o + f"attn.out_proj.{p}"],
+                   h + f"layer_norm1.{p}": visual_sd[o + f"ln_1.{p}"], h + f"layer_norm2.{p}": visual_sd[o + f"ln_2.{p}"],
+                   h + f"mlp.fc1.{p}": visual_sd[o + f"mlp.c_fc.{p}"], h + f"mlp.fc2.{p}": visual_sd[o + f"mlp.c_proj.{p}"]}
+        i += 1
+    return hf
+
+
+def test_hf_conversion_round_trip():
+    visual = cv.tiny_visual(seed=5).eval()
+    rebuilt = cv.build_visual(cv.convert_hf_vision_state_dict(to_hf(visual.state_dict()))).eval()
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        assert torch.equal(visual.forward_features(images), rebuilt.forward_features(images))
+    with pytest.raises(ValueError, match="Hugging Face CLIP vision keys"):
+        cv.convert_hf_vision_state_dict({"visual.conv1.weight": torch.zeros(1)})
+
+
+# ---------------------------------------------------------------- this project's checkpoints
+
+def test_checkpoint_round_trip_and_base_check(tmp_path):
+    detector = cv.build_detector("tiny")
+    cv.enable_ln_tuning(detector)
+    with torch.no_grad():
+        for p in detector.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p))
+    cv.save_checkpoint(tmp_path / "best.pt", detector, {"clip": "tiny", "normalize": True}, epoch=3)
+    ckpt = cv.load_checkpoint(tmp_path / "best.pt")
+    assert ckpt["epoch"] == 3 and set(ckpt["state_dict"]) == {n for n, p in detector.named_parameters() if p.requires_grad}
+    loaded = cv.load_detector(tmp_path / "best.pt")
+    for (n, a), b in zip(detector.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), n
+    # the same tensors over other base weights are refused
+    other = cv.DeepfakeDetector(cv.tiny_visual(seed=1))
+    with pytest.raises(ValueError, match="trained on CLIP weights with SHA-256 .* pass the CLIP weights"):
+        cv.apply_checkpoint(other, ckpt, "tiny seed 1")
+    torch.save(other.visual.state_dict() | {}, tmp_path / "other.pt")
+    torch.save({"visual." + k: v for k, v in other.visual.state_dict().items()}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="different|SHA-256"):
+        cv.load_detector(tmp_path / "best.pt", clip=str(tmp_path / "other.pt"))
+
+
+def test_vit_l14_checkpoint_is_small(tmp_path):
+    torch.manual_seed(0)
+    detector = cv.DeepfakeDetector(cv.VisionTransformer(224, 14, 1024, 24, 16, 768))
+    cv.enable_ln_tuning(detector)
+    cv.save_checkpoint(tmp_path / "l14.pt", detector, {"clip": "ViT-L/14", "normalize": True})
+    assert (tmp_path / "l14.pt").stat().st_size < 1_000_000
+
+
+# ---------------------------------------------------------------- the authors' model.ckpt
+
+def authors_checkpoint(path: Path, payload=None) -> tuple[cv.DeepfakeDetector, Path]:
+    """A synthetic model.ckpt with the authors' key names: HF vision tower under PEFT's prefix,
+    each LayerNorm as frozen original + tuned copy, Lightning extras pickling enums of their code."""
+    torch.manual_seed(7)
+    detector = cv.DeepfakeDetector(cv.tiny_visual(seed=6))
+    hf = to_hf(detector.visual.state_dict())
+    sd = {}
+    for key, value in hf.items():
+        name = "feature_extractor.base_model.model." + key
+        if "layer_norm" in key or "layrnorm" in key or "post_layernorm" in key:
+            stem, p = name.rsplit(".", 1)
+            sd[f"{stem}.base_layer.{p}"] = torch.randn_like(value)  # frozen originals: must be ignored
+            sd[f"{stem}.ln_tuning_layers.default.{p}"] = value
+        else:
+            sd[name] = value.half()  # the authors trained in mixed precision
+    sd["model.linear.weight"], sd["model.linear.bias"] = detector.head.weight.data, detector.head.bias.data
+    detector.visual.load_state_dict({k: v.half().float() if "ln" not in k else v
+                                     for k, v in detector.visual.state_dict().items()})
+    module = types.ModuleType("authors_src_config")  # stands for their src.config, absent at load time
+    Head = enum.Enum("Head", {"LINEAR": "linear"}, type=str, module="authors_src_config")
+    module.Head = Head
+    sys.modules["authors_src_config"] = module
+    try:
+        torch.save({"epoch": 9, "state_dict": sd, "pytorch-lightning_version": "2.4.0",
+                    "hyper_parameters": {"head": Head.LINEAR, "payload": payload}}, path)
+    finally:
+        del sys.modules["authors_src_config"]
+    return detector.eval(), path
+
+
+def test_authors_checkpoint_loads_without_their_code(tmp_path):
+    expected, path = authors_checkpoint(tmp_path / "model.ckpt")
+    loaded = cv.load_detector(path)
+    images = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(images), expected(images), rtol=0, atol=1e-6)
+    assert loaded.normalize
+
+
+class RunsShell:
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_authors_checkpoint_with_code_is_refused(tmp_path):
+    evil = RunsShell()
+    evil.marker = tmp_path / "pwned"
+    _, path = authors_checkpoint(tmp_path / "model.ckpt", payload=evil)
+    with pytest.raises(ValueError, match=r"refusing to unpickle (posix|os|nt)\.system"):
+        cv.load_detector(path)
+    assert not evil.marker.exists()
+
+
+def test_restricted_unpickler_refuses_builtins():
+    data = pickle.dumps(eval)
+    import io
+    with pytest.raises(pickle.UnpicklingError, match="builtins.eval"):
+        cv.RestrictedUnpickler(io.BytesIO(data)).load()
+
+
+def test_authors_download_through_mirror(tmp_path, monkeypatch):
+    expected, path = authors_checkpoint(tmp_path / "model.ckpt")
+    server = Server({"model.ckpt": path.read_bytes()})
+    monkeypatch.setenv("CLIP_MIRROR", server.url)
+    try:
+        loaded = cv.load_detector("authors", download_root=tmp_path / "cache")
+    finally:
+        server.close()
+    assert (tmp_path / "cache" / "model.ckpt").is_file()
+    assert torch.equal(loaded.head.weight, expected.head.weight)
