@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import clip_vit
+import preprocess
 
 # the paper's cross-dataset columns, in its order, and how the table names them
 PAPER_DATASETS = ["cdfv2", "dfd", "dfdc", "ffiw", "dsv1"]
@@ -44,8 +45,6 @@ FFPP_METHODS = {"Deepfakes": "DF", "Face2Face": "F2F", "FaceSwap": "FS", "Neural
 DATASET_FOLDERS = {"ff++": "FaceForensics++", "dfd": "FaceForensics++", "cdfv2": "Celeb-DF-v2",
                    "dfdc": "DFDC", "dfdcp": "DFDCP", "ffiw": "FFIW10K", "dsv1": "DeepSpeak-v1",
                    "folder": "my-videos"}
-VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 PROMPTS = ("a photo of a real face", "a photo of a fake face")  # class 0, class 1
 
 
@@ -197,12 +196,9 @@ class ZeroShotCLIP(nn.Module):
     def __init__(self, clip: nn.Module, prompts=PROMPTS, tokenizer=None):
         super().__init__()
         self.clip = clip
-        device = next(clip.parameters()).device
-        tokens = clip_vit.tokenize(list(prompts), tokenizer=tokenizer).to(device)
-        ctx = getattr(clip, "context_length", tokens.shape[1])
-        tokens = tokens[:, :ctx]  # tiny test models may use a shorter context
+        tokens = clip_vit.tokenize(list(prompts), clip.context_length, tokenizer=tokenizer)  # [2, 77]
         with torch.no_grad():
-            text = F.normalize(clip.encode_text(tokens).float(), dim=-1)  # [2, D]
+            text = F.normalize(clip.encode_text(tokens).float(), dim=-1)  # [2, D], on the CPU
         self.register_buffer("text", text)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -221,7 +217,8 @@ def load_model(args, benchmark: bool) -> tuple[nn.Module, str, str]:
     if args.zero_shot:
         name = args.clip or "ViT-L/14"
         clip = clip_vit.tiny_clip() if name == "tiny" else clip_vit.load(name, device="cpu")
-        model = ZeroShotCLIP(clip.float(), tuple(args.prompts))
+        tokenizer = clip_vit.Tokenizer(args.bpe) if args.bpe else None  # None: download, cached
+        model = ZeroShotCLIP(clip.float(), tuple(args.prompts), tokenizer)
         tag = Path(name).stem if os.path.exists(name) else name.replace("/", "-")
         print(f"model: zero-shot CLIP {name}, prompts {args.prompts}")
         return model.to(device).eval(), f"zero-shot CLIP {name}", str(Path("eval") / f"zero-shot-{tag}")
@@ -242,7 +239,10 @@ def load_model(args, benchmark: bool) -> tuple[nn.Module, str, str]:
                          f"(runs/<name>/best.pt), the authors' model.ckpt, or 'authors'")
     elif args.checkpoint is not None:
         print(f"model: {source}")
-    detector = clip_vit.load_detector(source, clip=args.clip, device="cpu")
+    try:
+        detector = clip_vit.load_detector(source, clip=args.clip, device="cpu")
+    except (ValueError, OSError) as e:  # wrong file or wrong base weights: one line, no traceback
+        raise SystemExit(f"cannot load checkpoint {source}: {e}")
     if source == "authors":
         return detector.to(device).eval(), "authors' weights", str(Path("eval") / "authors")
     path = Path(source)
@@ -480,11 +480,10 @@ def list_inputs(args) -> list[Path]:
         root = Path(args.input)
         if not root.is_dir():
             raise SystemExit(f"--input {root}: not a directory")
-        found = sorted(p for p in root.rglob("*") if p.is_file()
-                       and p.suffix.lower() in VIDEO_EXTS | IMAGE_EXTS)
+        exts = preprocess.VIDEO_EXTS | preprocess.IMAGE_EXTS
+        found = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts)
         if not found:
-            raise SystemExit(f"--input {root}: no video ({' '.join(sorted(VIDEO_EXTS))}) or image "
-                             f"({' '.join(sorted(IMAGE_EXTS))}) files found")
+            raise SystemExit(f"--input {root}: no video or image file ({' '.join(sorted(exts))}) found")
         paths += found
     for p in paths:
         if not p.is_file():
@@ -493,22 +492,16 @@ def list_inputs(args) -> list[Path]:
 
 
 def face_tracks_of(path: Path, args, models) -> tuple[int, list]:
-    """(number of frames looked at, tracks of FaceCrop) with preprocess.py's own pipeline."""
-    import preprocess  # only needed here: keeps dlib out of the benchmark path
-    if path.suffix.lower() in IMAGE_EXTS:
-        indices, frames = [0], [load_rgb(path)]
-    else:
-        indices, frames = preprocess.read_frames(path, args.frames)
-    if not frames:
-        return 0, []
+    """(number of frames looked at, tracks of FaceCrop): preprocess.extract_faces's own steps,
+    split in two so the number of sampled frames is known."""
+    indices, frames = preprocess.read_frames(path, args.frames)  # an image is one frame
     return len(frames), preprocess.face_tracks(frames, indices, models)
 
 
 def score_files(args) -> list[dict]:
     paths = list_inputs(args)
-    import preprocess
     models = preprocess.load_face_models(args.landmarks)
-    model, label, _ = load_model(args, benchmark=False)
+    model, _, _ = load_model(args, benchmark=False)
     device = torch.device(args.device)
     rows = []
     for path in tqdm(paths, desc="files", unit="file", disable=None if len(paths) > 1 else True):
@@ -540,19 +533,20 @@ def score_files(args) -> list[dict]:
                 for c in track:
                     cv2.imwrite(str(folder / f"{c.frame}.png"), cv2.cvtColor(c.image, cv2.COLOR_RGB2BGR))
         with_face = len({c.frame for t in tracks for c in t})
-        # a video is as fake as its most fake face (ours: the manipulated person is unknown)
-        p_video = max(p for p, _ in persons)
+        # the file's score is the main (largest) person's, as preprocess.py keeps for benchmarks;
+        # the others are listed: a spurious one-frame detection must not decide the verdict
+        p_video = persons[0][0]
         verdict = "FAKE" if p_video > 0.5 else "real"
         print(f"{path}: p_fake {p_video:.4f} -> {verdict} ({with_face}/{n_seen} frames with a face"
-              + (f", {len(persons)} people" if len(persons) > 1 else "") + ")")
+              + (f"; {len(persons)} people, score of person 1, the largest" if len(persons) > 1 else "")
+              + ")")
         rows.append({"file": str(path), "person": None, "frames_seen": n_seen,
                      "frames_with_face": with_face, "p_fake": p_video, "note": ""})
         if len(persons) > 1:
             for k, (p, n) in enumerate(persons):
-                print(f"    person {k + 1}: p_fake {p:.4f} ({n} frames)")
+                print(f"    person {k + 1}: p_fake {p:.4f} ({n} frame{'s' if n > 1 else ''})")
                 rows.append({"file": str(path), "person": k + 1, "frames_seen": n_seen,
                              "frames_with_face": n, "p_fake": p, "note": ""})
-    print(f"model: {label}")
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
@@ -578,7 +572,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "(default: benchmarks: newest runs/*/best.pt, else authors; files: authors)")
     p.add_argument("--clip", help="base CLIP weights: ViT-L/14 (download), a path, or 'tiny'")
     p.add_argument("--zero-shot", action="store_true", help="zero-shot CLIP baseline with text prompts")
-    p.add_argument("--prompts", nargs=2, default=list(PROMPTS), metavar=("REAL", "FAKE"))
+    p.add_argument("--prompts", nargs=2, default=list(PROMPTS), metavar=("REAL", "FAKE"),
+                   help="zero-shot text prompts for class real and class fake")
+    p.add_argument("--bpe", help="CLIP's bpe_simple_vocab_16e6.txt.gz (default: downloaded, cached)")
     p.add_argument("--data", default="data", help="preprocess.py's output folder (default data/)")
     p.add_argument("--split", default="test")
     p.add_argument("--runs", default="runs", help="where to look for the newest run")

@@ -246,9 +246,43 @@ def test_video_with_face_scored_and_without_face_says_so(tmp_path, tiny_ckpt, ca
     assert "p_fake" in astro and "4/4 frames with a face" in astro
     p = rows[0]["p_fake"]
     assert 0.0 <= p <= 1.0 and f"{p:.4f}" in astro
-    assert len(list((crops / "astronaut" / "person1").glob("*.png"))) == 4
+    saved_crops = sorted((crops / "astronaut" / "person1").glob("*.png"))
+    assert len(saved_crops) == 4  # and they are what was scored
+    assert p == pytest.approx(direct_p_fake(tiny_ckpt, saved_crops).mean(), abs=1e-5)
     noface = next(l for l in printed.splitlines() if l.startswith(str(tmp_path / "noface.mp4")))
     assert "no face found" in noface and "p_fake" not in noface
     assert rows[-1]["p_fake"] is None
     saved = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
-    assert [r["frames_with_face"] for r in saved] == ["4", "0"]
+    assert (saved[0]["frames_with_face"], saved[-1]["frames_with_face"]) == ("4", "0")
+    assert saved[-1]["p_fake"] == "" and saved[-1]["note"] == "no face found"
+    # the file's score is its main (largest, here the only real) face's
+    person1 = [r for r in saved if r["person"] == "1"]
+    assert not person1 or float(person1[0]["p_fake"]) == pytest.approx(p)
+
+
+def test_zero_shot_baseline_same_outputs(tmp_path, capsys):
+    import gzip
+    bpe = tmp_path / "bpe.txt.gz"  # a tiny BPE vocabulary: the prompts' bytes + a few merges
+    with gzip.open(bpe, "wt", encoding="utf-8") as f:
+        f.write("#version: test\nf a\nfa c\nfac e</w>\nr e\n")
+    data = tmp_path / "data"
+    make_split(data, "dfd", [("actors", 0, "a", [0, 1]), ("actors", 0, "b", [0]),
+                             ("DeepFakeDetection", 1, "c", [0]), ("DeepFakeDetection", 1, "d", [3, 6])])
+    out = tmp_path / "out"
+    evaluate.main(["--dataset", "dfd", "--zero-shot", "--clip", "tiny", "--bpe", str(bpe),
+                   "--data", str(data), "--out", str(out), "--workers", "0"])
+    assert "zero-shot CLIP tiny" in capsys.readouterr().out
+    res = json.load(open(out / "dfd" / "metrics.json"))
+    assert res["model"] == "zero-shot CLIP tiny" and res["video"]["n"] == 4
+
+    # p_fake = softmax(logit_scale * cosine(image, prompt)) over (real, fake), computed directly
+    clip = clip_vit.tiny_clip().eval()
+    tokens = clip_vit.tokenize(list(evaluate.PROMPTS), tokenizer=clip_vit.Tokenizer(bpe))
+    files = sorted((data / "dfd" / "test" / "DeepFakeDetection" / "d").glob("*.png"))
+    tf = clip_vit.image_transform(224)
+    images = torch.stack([tf(cv2.imread(str(f))[:, :, ::-1].copy()) for f in files])
+    with torch.no_grad():
+        logits, _ = clip(images, tokens)
+    expect = torch.softmax(logits, -1)[:, 1].mean().item()
+    rows = {r["video_id"]: float(r["p_fake"]) for r in csv.DictReader(open(out / "dfd" / "videos.csv"))}
+    assert rows["d"] == pytest.approx(expect, abs=1e-5)
