@@ -213,7 +213,11 @@ def detect_faces(frame: np.ndarray, models: FaceModels,
     f = min(1.0, detect_side / max(h, w))
     small = cv2.resize(frame, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA) \
         if f < 1.0 else frame
-    levels = [(small, f, 0), (small, f, 1)] + ([(frame, 1.0, 1)] if f < 0.75 else [])
+    levels = [(small, f, 0), (small, f, 1)]          # faces >= 80 / 40 px on the small copy
+    if f < 0.45:
+        levels.append((frame, 1.0, 0))                 # big frames (1080p): full size first
+    if f < 0.75:
+        levels.append((frame, 1.0, 1))                 # the reference's own scale, last
     for image, factor, upsample in levels:
         rects, scores, _ = models.detector.run(image, upsample, 0.0)
         if len(rects):
@@ -520,11 +524,14 @@ def _list_cdfv2(root: Path) -> list[Video]:
 
 
 def _list_dfdc(root: Path) -> list[Video]:
-    labels = root / "test" / "labels.csv"
+    test = root / "test"
+    if not (test / "labels.csv").is_file() and (root / "labels.csv").is_file():
+        test = root  # --root points at the test folder itself
+    labels = test / "labels.csv"
     if not labels.is_file():
         raise _layout_error("DFDC", root, "test/labels.csv (filename,label) and the test "
                             "videos under test/", "test")
-    files = {f.name: f for f in _media(root / "test")}
+    files = {f.name: f for f in _media(test)}
     videos, missing = [], []
     with open(labels, newline="") as fh:
         for row in csv.DictReader(fh):
@@ -535,7 +542,7 @@ def _list_dfdc(root: Path) -> list[Video]:
             label = int(float(row["label"]))
             videos.append(Video("test", "fake" if label else "real", f.stem, label, f))
     if missing:
-        print(f"warning: dfdc: {len(missing)} videos in labels.csv not found under {root}/test "
+        print(f"warning: dfdc: {len(missing)} videos in labels.csv not found under {test} "
               f"(e.g. {missing[0]})", file=sys.stderr)
     if not videos:
         raise _layout_error("DFDC", root, "the videos listed in test/labels.csv under test/",
@@ -822,13 +829,13 @@ def run_dataset(dataset: str, root, out="data", split: str | None = None,
     done = failed = frames = 0
     t0 = time.time()
     bar = tqdm(total=len(jobs), desc=name, unit="video", dynamic_ncols=True)
+    pool = None
     if workers == 1:
         _init_worker(landmarks)
         results = map(_run_job, jobs)
-        pool = None
     else:
         import multiprocessing as mp
-        pool = mp.get_context("spawn" if sys.platform != "linux" else "fork").Pool(
+        pool = mp.get_context("fork" if sys.platform == "linux" else "spawn").Pool(
             workers, _init_worker, (landmarks,))
         results = pool.imap_unordered(_run_job, jobs)
     try:
@@ -847,6 +854,10 @@ def run_dataset(dataset: str, root, out="data", split: str | None = None,
             bar.update(1)
             bar.set_postfix(frames_s=f"{frames / max(time.time() - t0, 1e-9):.1f}",
                             failed=failed)
+    except BaseException:  # Ctrl-C: stop the workers now; their temp folders are redone later
+        if pool is not None:
+            pool.terminate()
+        raise
     finally:
         bar.close()
         if pool is not None:
@@ -879,19 +890,22 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def find_datasets(base="datasets", compression: str = "c23") -> dict[str, Path | None]:
-    """Each dataset's usual folder under `base` whose layout is right, or None."""
+def find_datasets(base="datasets", compression: str = "c23",
+                  splits_dir: str | None = None) -> dict[str, tuple[Path | None, str]]:
+    """Each dataset's usual folder under `base`: (root, "") when its layout is right, else
+    (None, why not)."""
     found = {}
     for name, candidates in DEFAULT_ROOTS.items():
-        found[name] = None
+        found[name] = (None, "")
         for rel in candidates:
             root = Path(base) / Path(rel).relative_to("datasets")
             if root.is_dir():
                 try:
-                    list_videos(name, root, compression)
-                except LayoutError:
+                    list_videos(name, root, compression, splits_dir)
+                except LayoutError as e:
+                    found[name] = (None, str(e))
                     continue
-                found[name] = root
+                found[name] = (root, "")
                 break
     return found
 
@@ -899,32 +913,34 @@ def find_datasets(base="datasets", compression: str = "c23") -> dict[str, Path |
 # ----------------------------------------------------------------------------- command line
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--dataset", choices=DATASETS,
-                   help="dataset to process; omit to process every dataset found under "
-                        "--datasets-dir")
-    p.add_argument("--root", help="dataset folder (default: its usual folder under datasets/)")
-    p.add_argument("--out", default="data", help="output folder")
-    p.add_argument("--split", help="only this split (e.g. test)")
-    p.add_argument("--frames", type=int, default=32, help="frames per video (linspace)")
-    p.add_argument("--size", type=int, default=256, help="crop size S")
-    p.add_argument("--scale", type=float, default=1.3, help="margin scale")
-    p.add_argument("--workers", type=int, default=_cpu_count(), help="processes")
-    p.add_argument("--landmarks", help="dlib shape predictor .dat (68 or 81 points); default: "
+                   help="dataset to process; omitted: every dataset found under --datasets-dir")
+    p.add_argument("--root", help="dataset folder; omitted: its usual folder under datasets/")
+    p.add_argument("--out", default="data", help="output folder (data)")
+    p.add_argument("--split", help="only this split (e.g. test); omitted: all splits")
+    p.add_argument("--frames", type=int, default=32,
+                   help="frames per video at linspace(0, n-1, frames) (32)")
+    p.add_argument("--size", type=int, default=256, help="crop size S (256)")
+    p.add_argument("--scale", type=float, default=1.3, help="margin scale (1.3)")
+    p.add_argument("--workers", type=int, default=_cpu_count(),
+                   help="processes, one video each (all cores)")
+    p.add_argument("--landmarks", help="dlib shape predictor .dat (68 or 81 points); omitted: "
                                        "the 68-point model of face-recognition-models")
     p.add_argument("--compression", default="c23", choices=["raw", "c23", "c40"],
-                   help="FF++/DFD quality")
-    p.add_argument("--splits", help="folder with the FF++ train/val/test.json split files")
+                   help="FF++/DFD quality (c23)")
+    p.add_argument("--splits", help="folder with the FF++ train/val/test.json split files; "
+                                    "omitted: looked for under --root")
     p.add_argument("--detect-side", type=int, default=640,
-                   help="longest side of the downscaled copy faces are detected on")
+                   help="longest side of the downscaled copy faces are detected on (640)")
     p.add_argument("--reference", action="store_true",
-                   help="reference procedure per frame (full frame, upsample 1, largest face); "
-                        "slow, for comparisons")
+                   help="reference procedure per frame (full frame, upsample 1, largest face, "
+                        "no tracking); slow, for comparisons")
     p.add_argument("--retry-failed", action="store_true",
-                   help="process videos listed in failures.csv again")
+                   help="process the videos listed in failures.csv again")
     p.add_argument("--datasets-dir", default="datasets",
-                   help="where to look for datasets when --dataset is omitted")
+                   help="where to look for datasets when --dataset or --root is omitted "
+                        "(datasets)")
     return p.parse_args(argv)
 
 
@@ -939,24 +955,29 @@ def main(argv=None) -> int:
         if a.dataset:
             root = a.root
             if root is None:
-                root = find_datasets(a.datasets_dir, a.compression)[a.dataset]
+                root, why = find_datasets(a.datasets_dir, a.compression, a.splits)[a.dataset]
                 if root is None:
                     tried = ", ".join(DEFAULT_ROOTS[a.dataset])
-                    raise SystemExit(f"error: {a.dataset} not found (looked in {tried}); pass "
-                                     f"--root PATH. Get it: {WHERE_TO_GET[a.dataset]}")
+                    raise SystemExit(f"error: {a.dataset} not found (looked in {tried}"
+                                     + (f"; {why}" if why else "") + "); pass --root PATH. "
+                                     f"Get it: {WHERE_TO_GET[a.dataset]}")
             run_dataset(a.dataset, root, **opts)
             return 0
         if a.root:
             raise SystemExit("error: --root needs --dataset (which dataset is at that root?)")
-        found = find_datasets(a.datasets_dir, a.compression)
-        for name, root in found.items():
-            print(f"{'found  ' if root else 'missing'} {name:7s} "
-                  + (str(root) if root else f"(looked in {', '.join(DEFAULT_ROOTS[name])}) "
-                                             f"-> {WHERE_TO_GET[name]}"))
-        if not any(found.values()):
+        found = find_datasets(a.datasets_dir, a.compression, a.splits)
+        for name, (root, why) in found.items():
+            if root is not None:
+                print(f"found   {name:7s} {root}")
+            else:
+                tried = ", ".join(str(Path(a.datasets_dir) / Path(r).relative_to("datasets"))
+                                  for r in DEFAULT_ROOTS[name])
+                print(f"missing {name:7s} (looked in {tried}) -> {WHERE_TO_GET[name]}"
+                      + (f"\n        not usable: {why}" if why else ""))
+        if not any(root for root, _ in found.values()):
             raise SystemExit(f"error: no dataset found under {a.datasets_dir}/; put them in "
                              "the folders above or pass --dataset NAME --root PATH")
-        for name, root in found.items():
+        for name, (root, _) in found.items():
             if root is not None:
                 run_dataset(name, root, **opts)
     except LayoutError as e:

@@ -76,6 +76,10 @@ def test_crops_match_reference_procedure(face_video, models):
         frame = frames[crop.frame]
         ref = P.reference_crop(frame, models)
         assert ref is not None
+        # the five keypoints are points 37, 44, 30, 49, 55 of the 68-point model
+        shape = models.predictor(frame, P._rect(crop.box))
+        parts = [shape.part(i) for i in (37, 44, 30, 49, 55)]
+        assert np.array_equal(crop.keypoints, [[p.x, p.y] for p in parts])
         assert crop.image.shape == (256, 256, 3) and crop.image.dtype == np.uint8
         # the crop is the frame warped by its matrix
         assert np.array_equal(crop.image, cv2.warpAffine(frame, crop.matrix, (256, 256)))
@@ -120,6 +124,9 @@ def test_tracks_and_masks(tmp_path, models):
     assert P.select_person(people, {i: mask for i in (0, 10, 20, 30)}) == 1
     assert P.select_person(people, None) == 0
     assert P.select_person(people, {0: np.zeros_like(mask)}) == 0
+    # the reference procedure keeps the largest face; no face -> None
+    assert P.reference_crop(frames[0], models).box[2] < 330
+    assert P.reference_crop(np.full((240, 320, 3), 128, np.uint8), models) is None
 
 
 # ----------------------------------------------------------------------------- reading
@@ -409,6 +416,11 @@ def test_no_arguments_scans_datasets_dir(tmp_path, monkeypatch, capsys):
         P.main([])
     out = capsys.readouterr().out
     assert "missing ff++" in out and "github.com/ondyari/FaceForensics" in out
+    # a dataset folder with the wrong layout is reported with the reason
+    (tmp_path / "datasets" / "DFDC").mkdir(parents=True)
+    with pytest.raises(SystemExit):
+        P.main([])
+    assert "not usable: --root datasets/DFDC is not a DFDC folder" in capsys.readouterr().out
     # a found dataset is processed (here: an empty Celeb-DF-v2 tree with only the listing)
     base = tmp_path / "datasets" / "Celeb-DF-v2"
     for s in ("Celeb-real", "Celeb-synthesis", "YouTube-real"):
