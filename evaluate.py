@@ -41,10 +41,6 @@ DISPLAY = {"cdfv2": "CDFv2", "dfd": "DFD", "dfdc": "DFDC", "ffiw": "FFIW", "dsv1
            "ff++": "FF++", "dfdcp": "DFDCP", "folder": "folder"}
 FFPP_METHODS = {"Deepfakes": "DF", "Face2Face": "F2F", "FaceSwap": "FS", "NeuralTextures": "NT",
                 "FaceShifter": "FSh", "DeepFakeDetection": "DFD"}
-# where each dataset usually lives for preprocess.py (only used in error messages)
-DATASET_FOLDERS = {"ff++": "FaceForensics++", "dfd": "FaceForensics++", "cdfv2": "Celeb-DF-v2",
-                   "dfdc": "DFDC", "dfdcp": "DFDCP", "ffiw": "FFIW10K", "dsv1": "DeepSpeak-v1",
-                   "folder": "my-videos"}
 PROMPTS = ("a photo of a real face", "a photo of a fake face")  # class 0, class 1
 
 
@@ -122,7 +118,8 @@ class Video:
 
 
 def layout_help(data: Path, dataset: str, split: str) -> str:
-    root = f"datasets/{DATASET_FOLDERS.get(dataset, dataset)}"
+    """Where evaluate.py looks and the preprocess.py command that writes it."""
+    root = preprocess.DEFAULT_ROOTS.get(dataset, [f"datasets/{dataset}"])[0]
     return (f"expected {data}/{dataset}/{split}/index.csv (columns "
             f"video_id,source,label,n_frames,path,file) and crops "
             f"{data}/{dataset}/{split}/<source>/<video_id>/<frame>.png; create them with: "
@@ -216,9 +213,13 @@ def load_model(args, benchmark: bool) -> tuple[nn.Module, str, str]:
     device = torch.device(args.device)
     if args.zero_shot:
         name = args.clip or "ViT-L/14"
-        clip = clip_vit.tiny_clip() if name == "tiny" else clip_vit.load(name, device="cpu")
-        tokenizer = clip_vit.Tokenizer(args.bpe) if args.bpe else None  # None: download, cached
-        model = ZeroShotCLIP(clip.float(), tuple(args.prompts), tokenizer)
+        try:
+            clip = clip_vit.tiny_clip() if name == "tiny" else clip_vit.load(name, device="cpu")
+            tokenizer = clip_vit.Tokenizer(args.bpe) if args.bpe else None  # None: download, cached
+            model = ZeroShotCLIP(clip.float(), tuple(args.prompts), tokenizer)
+        except (ValueError, OSError, RuntimeError) as e:  # offline, wrong file
+            raise SystemExit(f"cannot load CLIP {name} for --zero-shot: {e} "
+                             f"(evaluate.py takes the files as --clip PATH and --bpe PATH)")
         tag = Path(name).stem if os.path.exists(name) else name.replace("/", "-")
         print(f"model: zero-shot CLIP {name}, prompts {args.prompts}")
         return model.to(device).eval(), f"zero-shot CLIP {name}", str(Path("eval") / f"zero-shot-{tag}")
@@ -241,7 +242,7 @@ def load_model(args, benchmark: bool) -> tuple[nn.Module, str, str]:
         print(f"model: {source}")
     try:
         detector = clip_vit.load_detector(source, clip=args.clip, device="cpu")
-    except (ValueError, OSError) as e:  # wrong file or wrong base weights: one line, no traceback
+    except (ValueError, OSError, RuntimeError) as e:  # wrong file, wrong base weights, offline
         raise SystemExit(f"cannot load checkpoint {source}: {e}")
     if source == "authors":
         return detector.to(device).eval(), "authors' weights", str(Path("eval") / "authors")
@@ -449,8 +450,14 @@ def run_benchmarks(args) -> dict:
     found = {d: find_split(data, d, args.split) for d in names}
     missing = [d for d in names if found[d] is None]
     if len(missing) == len(names):
-        which = "no dataset of " + ", ".join(names) if len(names) > 1 else f"no {names[0]}"
-        raise SystemExit(f"{which} preprocessed in {data}/; " + layout_help(data, names[0], args.split))
+        if len(names) == 1:
+            raise SystemExit(f"no {names[0]} preprocessed in {data}/; "
+                             + layout_help(data, names[0], args.split))
+        raise SystemExit(f"none of {', '.join(names)} is preprocessed in {data}/; expected "
+                         f"{data}/<dataset>/{args.split}/index.csv and crops under it; create them "
+                         f"with `python preprocess.py --out {data}` (every dataset found under "
+                         f"datasets/) or one at a time, e.g. "
+                         + layout_help(data, names[0], args.split).split("create them with: ")[1])
     model, label, default_out = load_model(args, benchmark=True)
     out = Path(args.out or default_out)
     results = {}
