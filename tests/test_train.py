@@ -1,0 +1,168 @@
+"""train.py on tiny synthetic crops with the tiny random ViT (CPU, fp32)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn as nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import clip_vit  # noqa: E402
+import train  # noqa: E402
+from test_data import make_tree  # noqa: E402
+
+# 10 videos (2 per source) x 4 frames = 40 training frames: 5 steps per epoch at batch 8
+FAST = ["--clip", "tiny", "--batch-size", "8", "--workers", "0", "--log-every", "1", "--lr", "3e-3", "--min-lr", "3e-4"]
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory) -> Path:
+    return make_tree(tmp_path_factory.mktemp("data"), videos_per_source=2, frames=(0, 3, 6, 9), size=64)
+
+
+def run(tree: Path, out: Path, *args: str) -> nn.Module:
+    return train.main(["--data", str(tree), "--out", str(out), *FAST, *args])
+
+
+def test_defaults_are_the_published_recipe_and_flags_override():
+    cfg = train.parse_args([])
+    assert (cfg.lr, cfg.min_lr, cfg.beta1, cfg.beta2, cfg.weight_decay) == (8e-5, 5e-5, 0.9, 0.999, 0.0)
+    assert (cfg.batch_size, cfg.epochs, cfg.seed, cfg.frames) == (128, 10, 42, 32)
+    assert (cfg.uniformity, cfg.alignment, cfg.slerp, cfg.norm, cfg.tuning, cfg.clip) == (0.5, 0.1, True, True, "ln", "ViT-L/14")
+    assert cfg.sources == ["youtube", "Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"] and not cfg.balanced
+    cfg = train.parse_args(["--tuning", "linear-probe", "--no-norm", "--uniformity", "0", "--alignment", "0",
+                            "--no-slerp", "--sources", "youtube", "FaceSwap", "--batch-size", "64"])
+    assert (cfg.tuning, cfg.norm, cfg.uniformity, cfg.alignment, cfg.slerp) == ("linear-probe", False, 0.0, 0.0, False)
+    assert cfg.sources == ["youtube", "FaceSwap"] and cfg.batch_size == 64
+    with pytest.raises(SystemExit):
+        train.parse_args(["--tuning", "lora"])
+    # cosine per step from lr to min_lr, no warm-up
+    assert train.get_lr(0, 100, cfg) == cfg.lr and train.get_lr(99, 100, cfg) == pytest.approx(cfg.min_lr)
+
+
+def test_no_data_names_the_preprocess_command(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # `python train.py` with no arguments, no data/ here
+    with pytest.raises(SystemExit, match=r"python preprocess.py --dataset ff\+\+ --root datasets/FaceForensics\+\+"):
+        train.main([])
+
+
+def fixed_batch(tree: Path):
+    import data
+    ds = data.FrameDataset(data.load_videos(tree), data.eval_transform())
+    images, labels, _ = next(iter(data.make_loader(ds, 40)))
+    return images, labels
+
+
+def test_ln_tuning_learns_and_changes_only_layernorms_and_head(tree, tmp_path):
+    cfg = train.parse_args(FAST)
+    start = clip_vit.build_detector("tiny")
+    images, labels = fixed_batch(tree)
+
+    def objective(detector):
+        with torch.no_grad():
+            features = detector.features(images)
+            return train.objective(features, detector.head(features), labels, cfg)[0].item()
+
+    torch.manual_seed(cfg.seed)  # the head train.py starts from
+    start.head.reset_parameters()
+    before = objective(start)
+    trained = run(tree, tmp_path, "--epochs", "3", "--no-val", "--name", "ln")
+    assert objective(trained) < before - 0.05, (before, objective(trained))
+
+    start_sd, end_sd = start.state_dict(), trained.state_dict()
+    ln_names = {f"{n}.{p}" for n, m in start.named_modules() if isinstance(m, nn.LayerNorm) for p in ("weight", "bias")}
+    assert len(ln_names) == 2 * (2 + 2 * 2)  # ln_pre, ln_post, ln_1/ln_2 of 2 blocks
+    for name, tensor in end_sd.items():
+        if name in ln_names or name.startswith("head."):
+            assert not torch.equal(tensor, start_sd[name]), f"{name} did not train"
+        else:
+            assert torch.equal(tensor, start_sd[name]), f"frozen {name} changed"
+    run_dir = tmp_path / "ln"
+    assert {p.name for p in run_dir.iterdir()} >= {"config.json", "log.jsonl", "last.pt", "best.pt"}
+    assert json.loads((run_dir / "config.json").read_text())["clip"] == "tiny"
+    ckpt = torch.load(run_dir / "last.pt", weights_only=True)
+    assert set(ckpt["state_dict"]) == ln_names | {"head.weight", "head.bias"}
+    assert ckpt["step"] == 15 and ckpt["config"]["normalize"] is True
+    reloaded = clip_vit.load_detector(run_dir / "best.pt")  # evaluate.py's way in
+    assert all(torch.equal(v, end_sd[k]) for k, v in reloaded.state_dict().items())
+
+
+def test_interrupted_and_resumed_run_is_bitwise_identical(tree, tmp_path):
+    run(tree, tmp_path, "--epochs", "2", "--name", "full")
+    with pytest.raises(SystemExit, match="already holds a run"):
+        run(tree, tmp_path, "--epochs", "2", "--name", "full")
+    run(tree, tmp_path, "--epochs", "2", "--name", "cut", "--stop-after", "7")
+    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["step"] == 7
+    train.main(["--resume", str(tmp_path / "cut")])  # config.json holds the rest
+
+    for file in ("last.pt", "best.pt"):
+        a = torch.load(tmp_path / "full" / file, weights_only=True)
+        b = torch.load(tmp_path / "cut" / file, weights_only=True)
+        for k in a["state_dict"]:
+            assert torch.equal(a["state_dict"][k], b["state_dict"][k]), (file, k)
+    a, b = (torch.load(tmp_path / r / "last.pt", weights_only=True)["optimizer"]["state"] for r in ("full", "cut"))
+    assert all(torch.equal(a[i][k], b[i][k]) for i in a for k in a[i])
+
+    def log(run_name):
+        lines = [json.loads(l) for l in (tmp_path / run_name / "log.jsonl").read_text().splitlines()]
+        return [{k: v for k, v in r.items() if k != "images_per_s"} for r in lines]
+    assert log("full") == log("cut")  # every logged loss, lr and val AUROC the same
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tree, tmp_path, monkeypatch):
+    calls = []
+    objective = train.objective
+
+    def poisoned(features, logits, labels, cfg):
+        loss, parts = objective(features, logits, labels, cfg)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) == 4 else loss), parts
+
+    monkeypatch.setattr(train, "objective", poisoned)
+    with pytest.raises(SystemExit, match="loss is nan at step 3"):
+        run(tree, tmp_path, "--epochs", "1", "--name", "nan", "--save-every", "2")
+    ckpt = torch.load(tmp_path / "nan" / "last.pt", weights_only=True)
+    assert ckpt["step"] == 2 and all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
+
+
+def test_torchrun_two_processes_on_cpu_end_with_the_same_weights(tree, tmp_path):
+    script = tmp_path / "ddp_run.py"
+    script.write_text(
+        "import os, sys, torch\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "import train\n"
+        "detector = train.main(sys.argv[1:])\n"
+        "torch.save(detector.state_dict(), os.path.join(os.path.dirname(__file__), f\"rank{os.environ['RANK']}.pt\"))\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+           "--data", str(tree), "--out", str(tmp_path), "--name", "ddp", *FAST, "--epochs", "1",
+           "--stop-after", "3", "--no-val"]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "2 process(es) x batch 4" in result.stdout  # the effective batch stays 8
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)
+    start = clip_vit.build_detector("tiny").state_dict()
+    assert not torch.equal(r0["visual.ln_post.weight"], start["visual.ln_post.weight"])
+    assert torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)["step"] == 3
+
+
+def test_vit_l14_checkpoint_is_under_1_mb(tmp_path):
+    with torch.device("meta"):
+        visual = clip_vit.VisionTransformer(224, 14, 1024, 24, 16, 768)
+    visual = visual.to_empty(device="cpu")  # real memory, no random init of 304M weights
+    for p in visual.parameters():
+        p.data.zero_()
+    detector = clip_vit.DeepfakeDetector(visual)
+    assert clip_vit.set_trainable(detector, "ln") == 102_400 + 2_050  # METHOD.md section 2
+    path = tmp_path / "best.pt"
+    train.save_model(path, detector, train.TrainConfig(), step=0)
+    assert path.stat().st_size < 1_000_000, path.stat().st_size
+    ckpt = clip_vit.load_checkpoint(path)  # weights_only=True
+    assert sum(t.numel() for t in ckpt["state_dict"].values()) == 104_450
+    assert ckpt["config"]["clip"] == "ViT-L/14" and ckpt["config"]["normalize"] is True
