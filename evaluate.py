@@ -44,6 +44,12 @@ FFPP_METHODS = {"Deepfakes": "DF", "Face2Face": "F2F", "FaceSwap": "FS", "Neural
 PROMPTS = ("a photo of a real face", "a photo of a fake face")  # class 0, class 1
 
 
+def display(dataset: str) -> str:
+    """Table name: CDFv2, FF++, and FF++ c40 for the folder ff++-c40."""
+    base, _, compression = dataset.partition("-")
+    return DISPLAY.get(base, base) + (f" {compression}" if compression else "")
+
+
 # ----------------------------------------------------------------------------- metrics
 
 def equal_error_rate(fpr: np.ndarray, tpr: np.ndarray) -> float:
@@ -307,7 +313,7 @@ def evaluate_dataset(model: nn.Module, dataset: str, split_dir: Path, args, out_
         w.writerow(["video_id", "source", "label", "n_frames", "p_fake", "path", "file"])
         for v, p in zip(videos, video_p):
             w.writerow([v.video_id, v.source, v.label, len(v.frames), f"{p:.6f}", v.path, v.file])
-    title = f"{DISPLAY.get(dataset, dataset)} {split_dir.name} - {label}"
+    title = f"{display(dataset)} {split_dir.name} - {label}"
     if write_roc_png(files["roc"], curves, title) is None:
         files["roc"] = None
     result["files"] = {k: (str(p) if p else None) for k, p in files.items()}
@@ -328,7 +334,7 @@ def metrics_table(results: list[dict]) -> str:
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     notes = []
     for r in results:
-        name = DISPLAY.get(r["dataset"], r["dataset"])
+        name = display(r["dataset"])
         for level in ("video", "frame"):
             m = r[level]
             lines.append(f"| {name} | {level} | {m['n']} | {m['n_real']} | {m['n_fake']} | "
@@ -570,8 +576,9 @@ def score_files(args) -> list[dict]:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = p.add_argument_group("what to evaluate (default: --dataset all)")
-    what.add_argument("--dataset", choices=ALL_DATASETS + ["all"],
-                      help="preprocessed benchmark under --data; 'all' = the paper's table + FF++")
+    what.add_argument("--dataset", metavar="NAME",
+                      help=f"preprocessed benchmark under --data: {', '.join(ALL_DATASETS)} (ff++-c40, "
+                      "dfd-c40, ... for other compressions), or 'all' = the paper's table + FF++")
     what.add_argument("--video", action="append", help="score a video file (repeatable)")
     what.add_argument("--image", action="append", help="score an image file (repeatable)")
     what.add_argument("--input", help="score every video and image under this folder")
@@ -599,6 +606,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error("give either --dataset or --video/--image/--input, not both")
     if not files and not args.dataset:
         args.dataset = "all"
+    if args.dataset and args.dataset != "all" and args.dataset.partition("-")[0] not in ALL_DATASETS:
+        p.error(f"--dataset {args.dataset}: expected all, {', '.join(ALL_DATASETS)}, or ff++-c40 etc.")
     if args.save_crops and not files:
         p.error("--save-crops goes with --video/--image/--input")
     return args
