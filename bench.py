@@ -1,0 +1,297 @@
+"""Speed of every stage, against what the hardware can do and against the reference procedures.
+
+    python bench.py                                  # CPU or CUDA, whichever is there
+    python bench.py --device cuda --batch-size 64 --json bench.json
+    python bench.py --parts forward,train_step       # a subset
+
+Parts (JSON keys):
+  forward     ViT-L/14 image tower (random weights), images/s and achieved FLOP/s as a fraction of
+              the FLOP/s of one large GEMM measured in the same run (fp32 on CPU, bf16 on CUDA).
+  train_step  one LN-tuning step (forward, slerp, losses, backward, AdamW), with and without
+              gradient checkpointing: images/s, peak memory, ratio to the inference forward time.
+  preprocess  frames/s of preprocess.py's pipeline and of the reference procedure (full-frame HOG
+              at upsample 1, largest face, re-detection in the crop) on the same 720p video on one
+              core, and the distance between the five keypoints found again in both crops.
+  data        augmented training images/s from one data-loading worker.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import clip_vit as cv
+import losses
+
+VIT_L14_FLOPS = 162.2e9  # one 224x224 image through the ViT-L/14 image tower (2 FLOPs per multiply-add)
+PARTS = ("forward", "train_step", "preprocess", "data")
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device, repeat: int, warmup: int = 1) -> float:
+    """Best wall time of `repeat` calls after `warmup` (the best is the least disturbed)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def autocast(device: torch.device):
+    return torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+
+
+def gemm_flops(device: torch.device, n: int) -> float:
+    """FLOP/s of one large square GEMM in the dtype the model runs in: the device's practical peak."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
+    return 2 * n ** 3 / timed(lambda: a @ b, device, repeat=5 if device.type == "cpu" else 50)
+
+
+class PeakMemory:
+    """Peak memory while the block runs, above what was in use before it: CUDA allocator statistics,
+    or on the CPU the process's resident set sampled every millisecond."""
+
+    def __init__(self, device: torch.device):
+        self.device, self.peak_mb = device, 0.0
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self):
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.base = torch.cuda.memory_allocated(self.device)
+        else:
+            self.base, self.peak, self.running = self._rss(), 0, True
+            self.thread = threading.Thread(target=self._sample, daemon=True)
+            self.thread.start()
+        return self
+
+    def _sample(self):
+        while self.running:
+            self.peak = max(self.peak, self._rss())
+            time.sleep(0.001)
+
+    def __exit__(self, *exc):
+        if self.device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self.running = False
+            self.thread.join()
+            peak = max(self.peak, self._rss())
+        self.peak_mb = (peak - self.base) / 2 ** 20
+
+
+def build(model: str, device: torch.device) -> cv.DeepfakeDetector:
+    torch.manual_seed(0)
+    visual = cv.VisionTransformer(224, 14, 1024, 24, 16, 768) if model == "vit-l-14" else cv.tiny_visual()
+    return cv.DeepfakeDetector(visual).to(device)
+
+
+def bench_forward(detector: cv.DeepfakeDetector, device: torch.device, batch: int, repeat: int,
+                  gemm: float) -> dict:
+    images = torch.randn(batch, 3, 224, 224, device=device)
+    detector.eval()
+    with torch.inference_mode(), autocast(device):
+        seconds = timed(lambda: detector(images), device, repeat)
+    flops = VIT_L14_FLOPS * batch / seconds
+    return {"images_per_s": batch / seconds, "seconds": seconds, "tflop_per_s": flops / 1e12,
+            "gemm_tflop_per_s": gemm / 1e12, "gemm_fraction": flops / gemm}
+
+
+def bench_train_step(detector: cv.DeepfakeDetector, device: torch.device, batch: int, repeat: int,
+                     forward_seconds: float) -> dict:
+    """The training step of train.py: features -> slerp -> head -> CE + uniformity + alignment."""
+    cv.enable_ln_tuning(detector)
+    detector.train()
+    optimizer = torch.optim.AdamW([p for p in detector.parameters() if p.requires_grad], lr=8e-5, weight_decay=0)
+    images = torch.randn(batch, 3, 224, 224, device=device)
+    labels = (torch.arange(batch, device=device) % 5 > 0).long()  # 4 fake : 1 real, as FF++
+
+    def step():
+        with autocast(device):
+            features = losses.slerp_augment(detector.features(images), labels)
+            logits = detector.head(features)
+        loss = (F.cross_entropy(logits.float(), labels) + 0.5 * losses.uniformity(features)
+                + 0.1 * losses.alignment(features, labels))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    result = {}
+    for checkpointing in (False, True):
+        detector.visual.transformer.grad_checkpointing = checkpointing
+        step()  # warm-up outside the memory measurement: optimizer state, allocator caches
+        with PeakMemory(device) as memory:
+            seconds = timed(step, device, repeat, warmup=0)
+        key = "checkpointing" if checkpointing else "plain"
+        result[key] = {"images_per_s": batch / seconds, "seconds": seconds,
+                       "ratio_to_forward": seconds / forward_seconds, "peak_memory_mb": memory.peak_mb}
+    detector.visual.transformer.grad_checkpointing = False
+    return result["plain"] | {"checkpointing": result["checkpointing"]}
+
+
+def synthetic_720p_video(path: Path, n_frames: int = 32) -> Path:
+    """scikit-image's astronaut photo (a real face) moving and zooming inside 1280x720 frames."""
+    import cv2
+    from skimage import data
+    face = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)                   # [512, 512, 3]
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (1280, 720))
+    for i in range(n_frames):  # the face is ~230 px tall, as in FF++'s 720p videos
+        m = cv2.getRotationMatrix2D((240, 130), 4 * np.sin(i / 5), 1.7 + 0.2 * i / n_frames)
+        m[:, 2] += (400 + 4 * i, 230)
+        writer.write(cv2.warpAffine(face, m, (1280, 720), borderMode=cv2.BORDER_REPLICATE))
+    writer.release()
+    return path
+
+
+def bench_preprocess(video: Path | None, n_frames: int) -> dict:
+    import cv2
+    import preprocess as pp
+    cv2.setNumThreads(1)
+    torch.set_num_threads(1)
+    models = pp.load_face_models()
+    with tempfile.TemporaryDirectory() as tmp:
+        video = video or synthetic_720p_video(Path(tmp) / "bench_720p.mp4", n_frames)
+        indices, frames = pp.read_frames(video, n_frames)
+    start = time.perf_counter()
+    people = pp.face_tracks(frames, indices, models)
+    fast_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    reference = [pp.reference_crop(frame, models) for frame in frames]
+    reference_seconds = time.perf_counter() - start
+    ours = {c.frame: c.image for c in (people[0] if people else [])}
+    distances = []
+    for index, ref in zip(indices, reference):
+        if ref is None or index not in ours:
+            continue
+        a, b = (_keypoints_in_crop(image, models) for image in (ours[index], ref.image))
+        if a is not None and b is not None:
+            distances.append(float(np.linalg.norm(a - b, axis=1).mean()))
+    return {"frames": len(frames), "frame_size": list(frames[0].shape[:2]),
+            "frames_per_s": len(frames) / fast_seconds, "reference_frames_per_s": len(frames) / reference_seconds,
+            "speedup": reference_seconds / fast_seconds, "frames_compared": len(distances),
+            "keypoint_px": statistics.fmean(distances) if distances else None}
+
+
+def _keypoints_in_crop(image: np.ndarray, models) -> np.ndarray | None:
+    import preprocess as pp
+    rects = models.detector(image, 1)
+    if len(rects) == 0:
+        return None
+    largest = max(rects, key=lambda r: r.width() * r.height())
+    return pp.landmarks5(image, (largest.left(), largest.top(), largest.right(), largest.bottom()), models)
+
+
+def bench_data(n_images: int) -> dict:
+    """Augmented training images/s of one worker: PNG decode, the paper's augmentations, CLIP transform."""
+    import cv2
+    import data
+    torch.set_num_threads(1)  # a DataLoader worker runs single-threaded
+    cv2.setNumThreads(1)
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        frames = []
+        for i in range(8):
+            crop = cv2.GaussianBlur(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8), (0, 0), 3)
+            cv2.imwrite(str(folder / f"{i}.png"), crop)
+            frames.append(folder / f"{i}.png")
+        dataset = data.FrameDataset([data.Video("v", "youtube", 0, folder, frames)], data.train_transform(), seed=0)
+        dataset[0]
+        start = time.perf_counter()
+        for i in range(n_images):
+            dataset[i % len(dataset)]
+        seconds = time.perf_counter() - start
+    return {"images_per_s_per_worker": n_images / seconds}
+
+
+def device_info(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
+    return f"{platform.processor() or platform.machine()} x{os.cpu_count()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+def table(results: dict) -> str:
+    rows = ["| part | figure |", "|---|---|"]
+    if f := results.get("forward"):
+        rows.append(f"| forward (batch {results['batch_size']}) | {f['images_per_s']:.2f} images/s, "
+                    f"{f['tflop_per_s']:.3f} TFLOP/s = {100 * f['gemm_fraction']:.0f}% of GEMM ({f['gemm_tflop_per_s']:.3f} TFLOP/s) |")
+    if t := results.get("train_step"):
+        for name, r in (("train step", t), ("train step, checkpointing", t["checkpointing"])):
+            rows.append(f"| {name} | {r['images_per_s']:.2f} images/s, {r['ratio_to_forward']:.2f}x the forward, "
+                        f"peak {r['peak_memory_mb']:.0f} MB |")
+    if p := results.get("preprocess"):
+        px = "n/a" if p["keypoint_px"] is None else f"{p['keypoint_px']:.2f} px"
+        rows.append(f"| preprocess ({p['frame_size'][1]}x{p['frame_size'][0]}, 1 core) | {p['frames_per_s']:.1f} frames/s vs "
+                    f"reference {p['reference_frames_per_s']:.1f} ({p['speedup']:.1f}x), keypoints {px} |")
+    if d := results.get("data"):
+        rows.append(f"| data loading | {d['images_per_s_per_worker']:.0f} augmented images/s per worker |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-size", type=int, default=None, help="default 8 on CPU, 64 on CUDA")
+    parser.add_argument("--repeat", type=int, default=None, help="timed repetitions (default 2 on CPU, 10 on CUDA)")
+    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
+    parser.add_argument("--model", choices=("vit-l-14", "tiny"), default="vit-l-14", help="tiny: only to test this script")
+    parser.add_argument("--video", type=Path, default=None, help="720p video for the preprocessing part "
+                        "(default: a synthetic one from scikit-image's astronaut photo)")
+    parser.add_argument("--frames", type=int, default=32)
+    parser.add_argument("--data-images", type=int, default=64)
+    parser.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = parser.parse_args(argv)
+    parts = args.parts.split(",")
+    if unknown := set(parts) - set(PARTS):
+        parser.error(f"unknown parts {sorted(unknown)}; choose from {PARTS}")
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    batch = args.batch_size or (64 if cuda else 8)
+    repeat = args.repeat or (10 if cuda else 2)
+    results = {"device": device_info(device), "batch_size": batch}
+
+    if "forward" in parts or "train_step" in parts:
+        detector = build(args.model, device)
+        gemm = gemm_flops(device, 8192 if cuda else 4096)
+        results["forward"] = bench_forward(detector, device, batch, repeat, gemm)
+        if "train_step" in parts:
+            results["train_step"] = bench_train_step(detector, device, batch, repeat, results["forward"]["seconds"])
+        if "forward" not in parts:
+            del results["forward"]
+    if "data" in parts:
+        results["data"] = bench_data(args.data_images)
+    if "preprocess" in parts:
+        results["preprocess"] = bench_preprocess(args.video, args.frames)
+
+    print(f"{results['device']}\n\n{table(results)}")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return results
+
+
+if __name__ == "__main__":
+    main()
