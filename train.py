@@ -326,7 +326,11 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, amp: b
         val_set = data_lib.FrameDataset(val_videos, data_lib.eval_transform(size), seed=cfg.seed)
         val_loader = data_lib.make_loader(val_set, cfg.val_batch_size, None, workers, cfg.seed, amp)
 
+    saved_step = step if cfg.resume else None
+
     def save_last() -> None:
+        nonlocal saved_step
+        saved_step = step
         if main:
             save_model(run_dir / "last.pt", detector, cfg, optimizer=optimizer.state_dict(), step=step,
                        steps_per_epoch=steps_per_epoch, best_val_video_auroc=best, rng=rng_state())
@@ -360,9 +364,10 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, amp: b
             if distributed:
                 dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank stops together
             if not finite.item():
-                raise SystemExit(f"loss is {loss.item()} at step {step} (epoch {epoch}); stopping. The last good "
-                                 f"checkpoint is {run_dir / 'last.pt'} (resume with --resume {run_dir}, "
-                                 f"e.g. with a lower --lr)")
+                saved = f"{run_dir / 'last.pt'} (step {saved_step})" if saved_step is not None else "none yet"
+                raise SystemExit(f"loss is {loss.item()} at step {step + 1} (epoch {epoch}); stopping before the "
+                                 f"update. Last good checkpoint: {saved}; continue with --resume {run_dir} "
+                                 f"(e.g. with a lower --lr)")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -25,6 +25,12 @@ def tree(tmp_path_factory) -> Path:
     return make_tree(tmp_path_factory.mktemp("data"), videos_per_source=2, frames=(0, 3, 6, 9), size=64)
 
 
+@pytest.fixture(scope="module")
+def small(tmp_path_factory) -> Path:
+    """20 frames: 3 steps per epoch at batch 8, the last one a partial batch of 4."""
+    return make_tree(tmp_path_factory.mktemp("small"), videos_per_source=2, frames=(0, 5), size=64, seed=1)
+
+
 def run(tree: Path, out: Path, *args: str) -> nn.Module:
     return train.main(["--data", str(tree), "--out", str(out), *FAST, *args])
 
@@ -71,7 +77,7 @@ def test_ln_tuning_learns_and_changes_only_layernorms_and_head(tree, tmp_path):
     torch.manual_seed(cfg.seed)  # the head train.py starts from
     start.head.reset_parameters()
     before = objective(start)
-    trained = run(tree, tmp_path, "--epochs", "3", "--no-val", "--name", "ln")
+    trained = run(tree, tmp_path, "--epochs", "2", "--no-val", "--name", "ln")
     assert objective(trained) < before - 0.05, (before, objective(trained))
 
     start_sd, end_sd = start.state_dict(), trained.state_dict()
@@ -87,34 +93,37 @@ def test_ln_tuning_learns_and_changes_only_layernorms_and_head(tree, tmp_path):
     assert json.loads((run_dir / "config.json").read_text())["clip"] == "tiny"
     ckpt = torch.load(run_dir / "last.pt", weights_only=True)
     assert set(ckpt["state_dict"]) == ln_names | {"head.weight", "head.bias"}
-    assert ckpt["step"] == 15 and ckpt["config"]["normalize"] is True
+    assert ckpt["step"] == 10 and ckpt["config"]["normalize"] is True
     reloaded = clip_vit.load_detector(run_dir / "best.pt")  # evaluate.py's way in
     assert all(torch.equal(v, end_sd[k]) for k, v in reloaded.state_dict().items())
 
 
-def test_interrupted_and_resumed_run_is_bitwise_identical(tree, tmp_path):
-    run(tree, tmp_path, "--epochs", "2", "--name", "full")
+def test_interrupted_and_resumed_run_is_bitwise_identical(small, tmp_path):
+    run(small, tmp_path, "--epochs", "2", "--name", "full")
     with pytest.raises(SystemExit, match="already holds a run"):
-        run(tree, tmp_path, "--epochs", "2", "--name", "full")
-    run(tree, tmp_path, "--epochs", "2", "--name", "cut", "--stop-after", "7")
-    assert torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["step"] == 7
-    train.main(["--resume", str(tmp_path / "cut")])  # config.json holds the rest
-
-    for file in ("last.pt", "best.pt"):
-        a = torch.load(tmp_path / "full" / file, weights_only=True)
-        b = torch.load(tmp_path / "cut" / file, weights_only=True)
-        for k in a["state_dict"]:
-            assert torch.equal(a["state_dict"][k], b["state_dict"][k]), (file, k)
-    a, b = (torch.load(tmp_path / r / "last.pt", weights_only=True)["optimizer"]["state"] for r in ("full", "cut"))
-    assert all(torch.equal(a[i][k], b[i][k]) for i in a for k in a[i])
+        run(small, tmp_path, "--epochs", "2", "--name", "full")
 
     def log(run_name):
         lines = [json.loads(l) for l in (tmp_path / run_name / "log.jsonl").read_text().splitlines()]
         return [{k: v for k, v in r.items() if k != "images_per_s"} for r in lines]
-    assert log("full") == log("cut")  # every logged loss, lr and val AUROC the same
+
+    for cut in (4, 3):  # in the middle of epoch 1; exactly at the end of epoch 0
+        name = f"cut{cut}"
+        run(small, tmp_path, "--epochs", "2", "--name", name, "--stop-after", str(cut))
+        assert torch.load(tmp_path / name / "last.pt", weights_only=True)["step"] == cut
+        train.main(["--resume", str(tmp_path / name)])  # config.json holds the rest
+        for file in ("last.pt", "best.pt"):
+            a = torch.load(tmp_path / "full" / file, weights_only=True)
+            b = torch.load(tmp_path / name / file, weights_only=True)
+            assert a["step"] == b["step"]
+            for k in a["state_dict"]:
+                assert torch.equal(a["state_dict"][k], b["state_dict"][k]), (cut, file, k)
+        a, b = (torch.load(tmp_path / r / "last.pt", weights_only=True)["optimizer"]["state"] for r in ("full", name))
+        assert all(torch.equal(a[i][k], b[i][k]) for i in a for k in a[i])
+        assert log("full") == log(name)  # every logged loss, lr and val AUROC the same
 
 
-def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tree, tmp_path, monkeypatch):
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(small, tmp_path, monkeypatch):
     calls = []
     objective = train.objective
 
@@ -124,13 +133,14 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tree, t
         return (loss * float("nan") if len(calls) == 4 else loss), parts
 
     monkeypatch.setattr(train, "objective", poisoned)
-    with pytest.raises(SystemExit, match="loss is nan at step 3"):
-        run(tree, tmp_path, "--epochs", "1", "--name", "nan", "--save-every", "2")
+    # the 4th step's loss is NaN; last.pt was saved after step 2 (--save-every) and 3 (epoch end)
+    with pytest.raises(SystemExit, match=r"loss is nan at step 4 .*Last good checkpoint: .*last.pt \(step 3\)"):
+        run(small, tmp_path, "--epochs", "2", "--name", "nan", "--save-every", "2", "--no-val")
     ckpt = torch.load(tmp_path / "nan" / "last.pt", weights_only=True)
-    assert ckpt["step"] == 2 and all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
+    assert ckpt["step"] == 3 and all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
 
 
-def test_torchrun_two_processes_on_cpu_end_with_the_same_weights(tree, tmp_path):
+def test_torchrun_two_processes_on_cpu_end_with_the_same_weights(small, tmp_path):
     script = tmp_path / "ddp_run.py"
     script.write_text(
         "import os, sys, torch\n"
@@ -140,7 +150,7 @@ def test_torchrun_two_processes_on_cpu_end_with_the_same_weights(tree, tmp_path)
         "torch.save(detector.state_dict(), os.path.join(os.path.dirname(__file__), f\"rank{os.environ['RANK']}.pt\"))\n")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-           "--data", str(tree), "--out", str(tmp_path), "--name", "ddp", *FAST, "--epochs", "1",
+           "--data", str(small), "--out", str(tmp_path), "--name", "ddp", *FAST, "--epochs", "1",
            "--stop-after", "3", "--no-val"]
     result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
