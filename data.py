@@ -30,10 +30,10 @@ import torch
 import torchvision.transforms.v2 as T
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+import clip_vit
+
 FFPP_SOURCES = ("youtube", "Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")  # paper's training set
 PREPROCESS_COMMAND = "python preprocess.py --dataset ff++ --root datasets/FaceForensics++"
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 @dataclass
@@ -85,18 +85,9 @@ def load_videos(
 
 
 def eval_transform(size: int = 224) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The CLIP transform: uint8 [3, H, W] -> float [3, size, size], resized (shortest side,
-    bicubic), centre-cropped and normalised with the OpenAI mean/std."""
-    try:
-        from clip_vit import image_transform  # the project's one definition, when present
-        return image_transform(size)
-    except ImportError:
-        return T.Compose([
-            T.Resize(size, interpolation=T.InterpolationMode.BICUBIC, antialias=True),
-            T.CenterCrop(size),
-            T.ToDtype(torch.float32, scale=True),
-            T.Normalize(OPENAI_MEAN, OPENAI_STD),
-        ])
+    """The CLIP transform (clip_vit.image_transform): uint8 [3, H, W] -> float [3, size, size],
+    shortest side resized (bicubic), centre-cropped, normalised with the OpenAI mean/std."""
+    return clip_vit.image_transform(size)
 
 
 def train_transform(size: int = 224) -> Callable[[torch.Tensor], torch.Tensor]:

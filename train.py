@@ -15,6 +15,7 @@ optimizer and RNG states for --resume) and best.pt (best FF++ val video-level AU
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import os
@@ -220,6 +221,10 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
         return float(roc_auc_score(labels, scores)) if len(set(labels.tolist())) == 2 else None
 
 
+def fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
 def trim_log(log_path: Path, step: int) -> None:
     """On resume, drop log lines written after the checkpoint (they will be written again)."""
     if log_path.is_file():
@@ -240,12 +245,14 @@ def train(cfg: TrainConfig) -> clip_vit.DeepfakeDetector:
     else:
         device_type = torch.device(cfg.device).type
     if distributed:
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo")
+        # rank 0 validates alone while the others wait in a barrier: allow it an hour
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo", timeout=datetime.timedelta(hours=1))
         rank, world, local_rank = dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
     else:
         rank, world, local_rank = 0, 1, 0
     if device_type == "cuda":
-        device = torch.device("cuda", local_rank) if distributed or cfg.device == "auto" else torch.device(cfg.device)
+        index = local_rank if distributed or cfg.device == "auto" else (torch.device(cfg.device).index or 0)
+        device = torch.device("cuda", index)
         torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = True
     else:
@@ -306,7 +313,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, amp: b
         if ckpt["steps_per_epoch"] != steps_per_epoch:
             raise SystemExit(f"--resume {run_dir}: {steps_per_epoch} steps per epoch now, {ckpt['steps_per_epoch']} "
                              f"when it was saved (different data, batch size or number of processes)")
-    elif main and (run_dir / "last.pt").exists():
+    elif (run_dir / "last.pt").exists():
         raise SystemExit(f"{run_dir} already holds a run: pass --resume {run_dir} or another --name")
     log_path = run_dir / "log.jsonl"
     if main:
@@ -342,7 +349,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, amp: b
 
     # --- the loop
     bar = tqdm(total=total_steps, initial=step, disable=not main, desc=run_dir.name, dynamic_ncols=True)
-    sums: dict[str, float] = {}
+    sums: dict[str, torch.Tensor] = {}  # summed on the device: one host sync per log line
     t_log, n_log = time.time(), 0
     while step < total_steps:
         epoch, skip = divmod(step, steps_per_epoch)
@@ -376,13 +383,13 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, amp: b
             # --- bookkeeping
             n_log += len(images) * world
             for k, v in {"loss": loss, **parts}.items():
-                sums[k] = sums.get(k, 0.0) + v.item()
+                sums[k] = sums.get(k, 0.0) + v.detach().float()
             bar.update(1)
             if step % cfg.log_every == 0 or step == total_steps:
                 count = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
                 ips = n_log / max(time.time() - t_log, 1e-9)
                 record = {"step": step, "epoch": epoch, "lr": lr, "images_per_s": round(ips, 1),
-                          **{k: v / count for k, v in sums.items()}}
+                          **{k: v.item() / count for k, v in sums.items()}}
                 bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}")
                 log(record)
                 sums, t_log, n_log = {}, time.time(), 0
@@ -402,7 +409,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, amp: b
                     best = score
                     save_model(run_dir / "best.pt", detector, cfg, step=step, epoch=epoch, val_video_auroc=score)
                 record["best_val_video_auroc"] = best
-                bar.write(f"epoch {epoch}: val video AUROC {score}, best {best}")
+                bar.write(f"epoch {epoch}: val video AUROC {fmt(score)}, best {fmt(best)}")
             elif main:
                 save_model(run_dir / "best.pt", detector, cfg, step=step, epoch=epoch)  # no val: latest
             save_last()
