@@ -5,7 +5,7 @@ alignment losses and slerp latent augmentation (../shared/METHOD.md sections 2-4
     torchrun --nproc_per_node=4 train.py              # the same on 4 GPUs (effective batch stays 128)
     python train.py --tuning linear-probe --no-norm --uniformity 0 --alignment 0 --no-slerp   # ablation rows
     python train.py --resume runs/<name>              # continue exactly where it stopped
-    python train.py --clip tiny --epochs 1 --batch-size 16 --workers 2    # CPU smoke run
+    python train.py --data data-mini --clip tiny --epochs 2 --batch-size 16 --workers 2   # CPU smoke run
 
 The defaults of TrainConfig ARE the published recipe; every field is a command-line flag
 (`--batch-size 64`, `--no-slerp`, ...). A run writes runs/<name>/config.json, log.jsonl (one JSON
@@ -58,21 +58,21 @@ class TrainConfig:
     alignment: float = field(default=0.1, metadata={"help": "weight of the alignment loss (0 = off)"})
     slerp: bool = field(default=True, metadata={"help": "slerp latent augmentation within each class"})
     # optimisation (AdamW, cosine per step from lr to min_lr, no warm-up)
-    lr: float = 8e-5
-    min_lr: float = 5e-5
-    beta1: float = 0.9
-    beta2: float = 0.999
-    weight_decay: float = 0.0
+    lr: float = field(default=8e-5, metadata={"help": "AdamW learning rate at step 0"})
+    min_lr: float = field(default=5e-5, metadata={"help": "learning rate at the last step (cosine per step)"})
+    beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
+    beta2: float = field(default=0.999, metadata={"help": "AdamW beta2"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     batch_size: int = field(default=128, metadata={"help": "effective batch over all processes"})
-    epochs: int = 10
-    seed: int = 42
+    epochs: int = field(default=10, metadata={"help": "passes over the training frames"})
+    seed: int = field(default=42, metadata={"help": "seeds the head, the epoch orders, augmentations and slerp"})
     device: str = field(default="auto", metadata={"help": "auto | cuda | cpu | cuda:1 ..."})
     # run bookkeeping
     out: str = field(default="runs", metadata={"help": "parent folder of run folders"})
     name: str = field(default="", metadata={"help": "run folder name (default: a timestamp)"})
     resume: str = field(default="", metadata={"help": "run folder to continue (its config.json is the base config)"})
     val: bool = field(default=True, metadata={"help": "validate on the val split after every epoch"})
-    val_batch_size: int = 128
+    val_batch_size: int = field(default=128, metadata={"help": "batch size of the validation pass"})
     log_every: int = field(default=50, metadata={"help": "steps between log.jsonl lines"})
     save_every: int = field(default=500, metadata={"help": "steps between last.pt saves (also each epoch)"})
     stop_after: int = field(default=0, metadata={"help": "stop with a checkpoint after this many steps in total (0 = all epochs)"})
