@@ -20,9 +20,11 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -67,43 +69,6 @@ def gemm_flops(device: torch.device, n: int) -> float:
     return 2 * n ** 3 / timed(lambda: a @ b, device, repeat=5 if device.type == "cpu" else 50)
 
 
-class PeakMemory:
-    """Peak memory while the block runs, above what was in use before it: CUDA allocator statistics,
-    or on the CPU the process's resident set sampled every millisecond."""
-
-    def __init__(self, device: torch.device):
-        self.device, self.peak_mb = device, 0.0
-
-    @staticmethod
-    def _rss() -> int:
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-    def __enter__(self):
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self.base = torch.cuda.memory_allocated(self.device)
-        else:
-            self.base, self.peak, self.running = self._rss(), 0, True
-            self.thread = threading.Thread(target=self._sample, daemon=True)
-            self.thread.start()
-        return self
-
-    def _sample(self):
-        while self.running:
-            self.peak = max(self.peak, self._rss())
-            time.sleep(0.001)
-
-    def __exit__(self, *exc):
-        if self.device.type == "cuda":
-            peak = torch.cuda.max_memory_allocated(self.device)
-        else:
-            self.running = False
-            self.thread.join()
-            peak = max(self.peak, self._rss())
-        self.peak_mb = (peak - self.base) / 2 ** 20
-
-
 def build(model: str, device: torch.device) -> cv.DeepfakeDetector:
     torch.manual_seed(0)
     visual = cv.VisionTransformer(224, 14, 1024, 24, 16, 768) if model == "vit-l-14" else cv.tiny_visual()
@@ -121,11 +86,12 @@ def bench_forward(detector: cv.DeepfakeDetector, device: torch.device, batch: in
             "gemm_tflop_per_s": gemm / 1e12, "gemm_fraction": flops / gemm}
 
 
-def bench_train_step(detector: cv.DeepfakeDetector, device: torch.device, batch: int, repeat: int,
-                     forward_seconds: float) -> dict:
-    """The training step of train.py: features -> slerp -> head -> CE + uniformity + alignment."""
+def train_step_seconds(model: str, device: torch.device, batch: int, repeat: int, checkpointing: bool) -> dict:
+    """One training step of train.py (features -> slerp -> head -> CE + uniformity + alignment ->
+    backward -> AdamW), best of `repeat`, and the peak memory above the model's own."""
+    detector = build(model, device)
     cv.enable_ln_tuning(detector)
-    detector.train()
+    detector.train().visual.transformer.grad_checkpointing = checkpointing
     optimizer = torch.optim.AdamW([p for p in detector.parameters() if p.requires_grad], lr=8e-5, weight_decay=0)
     images = torch.randn(batch, 3, 224, 224, device=device)
     labels = (torch.arange(batch, device=device) % 5 > 0).long()  # 4 fake : 1 real, as FF++
@@ -140,16 +106,38 @@ def bench_train_step(detector: cv.DeepfakeDetector, device: torch.device, batch:
         loss.backward()
         optimizer.step()
 
+    if device.type == "cuda":
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        base = resident_bytes()
+    seconds = timed(step, device, repeat)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else \
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"seconds": seconds, "peak_memory_mb": (peak - base) / 2 ** 20}
+
+
+def resident_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def bench_train_step(model: str, device: torch.device, batch: int, repeat: int, forward_seconds: float) -> dict:
+    """With and without gradient checkpointing. On the CPU each runs in a fresh process, since the
+    process's peak resident memory is the only honest peak there (freed memory is not returned)."""
     result = {}
     for checkpointing in (False, True):
-        detector.visual.transformer.grad_checkpointing = checkpointing
-        step()  # warm-up outside the memory measurement: optimizer state, allocator caches
-        with PeakMemory(device) as memory:
-            seconds = timed(step, device, repeat, warmup=0)
-        key = "checkpointing" if checkpointing else "plain"
-        result[key] = {"images_per_s": batch / seconds, "seconds": seconds,
-                       "ratio_to_forward": seconds / forward_seconds, "peak_memory_mb": memory.peak_mb}
-    detector.visual.transformer.grad_checkpointing = False
+        if device.type == "cuda":
+            r = train_step_seconds(model, device, batch, repeat, checkpointing)
+        else:
+            code = (f"import bench, json, torch; print(json.dumps(bench.train_step_seconds({model!r}, "
+                    f"torch.device('cpu'), {batch}, {repeat}, {checkpointing})))")
+            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                 cwd=Path(__file__).parent)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+        result["checkpointing" if checkpointing else "plain"] = {
+            "images_per_s": batch / r["seconds"], "seconds": r["seconds"],
+            "ratio_to_forward": r["seconds"] / forward_seconds, "peak_memory_mb": r["peak_memory_mb"]}
     return result["plain"] | {"checkpointing": result["checkpointing"]}
 
 
@@ -279,7 +267,8 @@ def main(argv: list[str] | None = None) -> dict:
         gemm = gemm_flops(device, 8192 if cuda else 4096)
         results["forward"] = bench_forward(detector, device, batch, repeat, gemm)
         if "train_step" in parts:
-            results["train_step"] = bench_train_step(detector, device, batch, repeat, results["forward"]["seconds"])
+            del detector
+            results["train_step"] = bench_train_step(args.model, device, batch, repeat, results["forward"]["seconds"])
         if "forward" not in parts:
             del results["forward"]
     if "data" in parts:

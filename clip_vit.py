@@ -27,7 +27,6 @@ import tempfile
 import urllib.error
 import urllib.request
 import zipfile
-from collections import OrderedDict
 from functools import lru_cache
 from pathlib import Path
 from typing import Iterable
@@ -61,11 +60,23 @@ MIRROR_ENV = "CLIP_MIRROR"  # a URL serving the files by name: <mirror>/ViT-L-14
 # 1. The model
 # ----------------------------------------------------------------------------------------------
 
-class QuickGELU(nn.Module):
-    """OpenAI trained CLIP with x * sigmoid(1.702 x), not the exact GELU; the weights expect it."""
+class MLP(nn.Module):
+    """c_fc -> QuickGELU -> c_proj, where QuickGELU(x) = x * sigmoid(1.702 x) is what OpenAI trained
+    with (not the exact GELU). Written as silu(1.702 x) / 1.702 with both constants folded into the
+    GEMMs (addmm's alpha and beta cost nothing): one elementwise pass instead of three."""
+
+    def __init__(self, width: int, hidden: int):
+        super().__init__()
+        self.c_fc = nn.Linear(width, hidden)
+        self.c_proj = nn.Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
+        shape = x.shape                                                 # [N, 257, 1024]
+        z = torch.addmm(self.c_fc.bias, x.reshape(-1, shape[-1]), self.c_fc.weight.t(),
+                        beta=1.702, alpha=1.702)                        # 1.702 (x W + b): [N*257, 4096]
+        h = F.silu(z)                                                   # 1.702 x sigmoid(1.702 x)
+        out = torch.addmm(self.c_proj.bias, h, self.c_proj.weight.t(), alpha=1 / 1.702)  # [N*257, 1024]
+        return out.view(*shape[:-1], -1)
 
 
 class Attention(nn.Module):
@@ -78,12 +89,19 @@ class Attention(nn.Module):
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
 
-    def forward(self, x: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, causal: bool = False, first_only: bool = False) -> torch.Tensor:
+        """first_only: only the first token (the class token) queries; its row alone is returned."""
         n, length, width = x.shape                                         # [N, 257, 1024]
-        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)          # [N, 257, 3072]
-        q, k, v = qkv.view(n, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)  # 3 x [N, 16, 257, 64]
-        x = F.scaled_dot_product_attention(q, k, v, is_causal=causal)      # [N, 16, 257, 64]
-        return self.out_proj(x.transpose(1, 2).reshape(n, length, width))  # [N, 257, 1024]
+        if first_only:
+            q = F.linear(x[:, :1], self.in_proj_weight[:width], self.in_proj_bias[:width])  # [N, 1, 1024]
+            kv = F.linear(x, self.in_proj_weight[width:], self.in_proj_bias[width:])        # [N, 257, 2048]
+            q = q.view(n, 1, self.heads, -1).transpose(1, 2)                                # [N, 16, 1, 64]
+            k, v = kv.view(n, length, 2, self.heads, -1).permute(2, 0, 3, 1, 4)             # 2 x [N, 16, 257, 64]
+        else:
+            qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)                       # [N, 257, 3072]
+            q, k, v = qkv.view(n, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)         # 3 x [N, 16, 257, 64]
+        x = F.scaled_dot_product_attention(q, k, v, is_causal=causal)      # [N, 16, 257, 64], strided views: no copies
+        return self.out_proj(x.transpose(1, 2).reshape(n, q.shape[2], width))  # [N, 257, 1024]
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -92,15 +110,12 @@ class ResidualAttentionBlock(nn.Module):
         self.causal = causal
         self.attn = Attention(width, heads)
         self.ln_1 = nn.LayerNorm(width)
-        self.mlp = nn.Sequential(OrderedDict([
-            ("c_fc", nn.Linear(width, width * 4)),
-            ("gelu", QuickGELU()),
-            ("c_proj", nn.Linear(width * 4, width)),
-        ]))
+        self.mlp = MLP(width, width * 4)
         self.ln_2 = nn.LayerNorm(width)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), self.causal)
+    def forward(self, x: torch.Tensor, first_only: bool = False) -> torch.Tensor:
+        """first_only: compute only the class token's output (all tokens still serve as keys)."""
+        x = (x[:, :1] if first_only else x) + self.attn(self.ln_1(x), self.causal, first_only)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -111,12 +126,14 @@ class Transformer(nn.Module):
         self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, causal) for _ in range(layers)])
         self.grad_checkpointing = False  # recompute each block in the backward: less memory, ~1.3x time
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for block in self.resblocks:
+    def forward(self, x: torch.Tensor, first_only: bool = False) -> torch.Tensor:
+        """first_only: the last block computes only the first token's output, [N, 1, width]."""
+        for i, block in enumerate(self.resblocks):
+            last = first_only and i == self.layers - 1
             if self.grad_checkpointing and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
+                x = checkpoint(block, x, last, use_reentrant=False)
             else:
-                x = block(x)
+                x = block(x, last)
         return x
 
     def init_weights(self) -> None:
@@ -151,7 +168,8 @@ class VisionTransformer(nn.Module):
         x = x.flatten(2).transpose(1, 2)                                # [N, 256, 1024]
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # [N, 1, 1024]
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # [N, 257, 1024]
-        x = self.transformer(self.ln_pre(x))                            # [N, 257, 1024]
+        # Only the class token leaves the tower, so the last block computes its row alone.
+        x = self.transformer(self.ln_pre(x), first_only=True)           # [N, 1, 1024]
         return self.ln_post(x[:, 0])                                    # [N, 1024]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
