@@ -734,9 +734,10 @@ def process_video(job: Job, models: FaceModels) -> Result:
 _MODELS: FaceModels | None = None  # per worker process
 
 
-def _init_worker(landmarks: str | None) -> None:
+def _init_worker(landmarks: str | None, single_thread: bool = True) -> None:
     global _MODELS
-    cv2.setNumThreads(1)  # one process per core already
+    if single_thread:
+        cv2.setNumThreads(1)  # one process per core already
     _MODELS = load_face_models(landmarks)
 
 
@@ -831,13 +832,17 @@ def run_dataset(dataset: str, root, out="data", split: str | None = None,
     bar = tqdm(total=len(jobs), desc=name, unit="video", dynamic_ncols=True)
     pool = None
     if workers == 1:
-        _init_worker(landmarks)
+        _init_worker(landmarks, single_thread=False)
         results = map(_run_job, jobs)
     else:
+        # an executor (not multiprocessing.Pool) so that a worker killed by the system (out of
+        # memory) stops the run with an error instead of hanging it
         import multiprocessing as mp
-        pool = mp.get_context("fork" if sys.platform == "linux" else "spawn").Pool(
-            workers, _init_worker, (landmarks,))
-        results = pool.imap_unordered(_run_job, jobs)
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        pool = ProcessPoolExecutor(
+            workers, mp.get_context("spawn"),  # fork after threads (tqdm, cv2) can deadlock
+            initializer=_init_worker, initargs=(landmarks,))
+        results = (f.result() for f in as_completed([pool.submit(_run_job, j) for j in jobs]))
     try:
         for r in results:
             key = (r.job.video.split, r.job.video.source, r.job.video.video_id)
@@ -854,15 +859,18 @@ def run_dataset(dataset: str, root, out="data", split: str | None = None,
             bar.update(1)
             bar.set_postfix(frames_s=f"{frames / max(time.time() - t0, 1e-9):.1f}",
                             failed=failed)
-    except BaseException:  # Ctrl-C: stop the workers now; their temp folders are redone later
+    except BaseException as e:  # Ctrl-C or a dead worker: stop now; temp folders are redone
         if pool is not None:
-            pool.terminate()
+            pool.shutdown(wait=False, cancel_futures=True)
+        if type(e).__name__ == "BrokenProcessPool":
+            raise SystemExit(f"error: a worker process died ({e}); finished videos are kept, "
+                             "run the same command again to continue (fewer --workers if "
+                             "memory ran out)")
         raise
     finally:
         bar.close()
         if pool is not None:
-            pool.close()
-            pool.join()
+            pool.shutdown()
     if failures or fail_path.exists():
         _write_atomic(fail_path, _csv_text(FAILURE_FIELDS, list(failures.values())))
     for s in sorted({v.split for v in videos}):
