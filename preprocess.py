@@ -239,10 +239,16 @@ def _link(box_a, box_b) -> float:
 
 
 def link_tracks(detections: list[list[tuple[tuple, float]]],
-                max_dist: float = 0.8) -> list[list[tuple[int, tuple, float]]]:
+                max_dist: float = 1.5) -> list[list[tuple[int, tuple, float]]]:
     """Per-frame detections -> tracks [(frame position, box, score), ...]: each detection
-    continues the track whose last box is nearest (greedy, largest faces first) or starts a
-    new one. Tracks are ordered by the sum of their box areas (largest, longest person first)."""
+    continues the track whose last box is nearest (greedy, largest faces first; at most
+    `max_dist` box sizes away) or starts a new one. Tracks are ordered by the sum of their box
+    areas (largest, longest person first)."""
+    if all(len(d) <= 1 for d in detections):
+        # never two faces at once: one person, however far the face moves between the
+        # sampled frames (they can be seconds apart); this is what the reference keeps too
+        return [[(pos, d[0][0], d[0][1]) for pos, d in enumerate(detections) if d]] \
+            if any(detections) else []
     tracks: list[list[tuple[int, tuple, float]]] = []
     for pos, dets in enumerate(detections):
         dets = sorted(dets, key=lambda d: -_area(d[0]))

@@ -124,6 +124,12 @@ def test_tracks_and_masks(tmp_path, models):
     assert P.select_person(people, {i: mask for i in (0, 10, 20, 30)}) == 1
     assert P.select_person(people, None) == 0
     assert P.select_person(people, {0: np.zeros_like(mask)}) == 0
+    # linking: one face per frame is one person however it moves; two faces stay apart
+    a, b = (0, 0, 100, 100), (300, 0, 400, 100)
+    assert len(P.link_tracks([[(a, 1.0)], [(b, 1.0)], [], [(a, 1.0)]])) == 1
+    tracks = P.link_tracks([[(a, 1.0), (b, 1.0)], [(b, 1.0)], [(a, 1.0), (b, 1.0)]])
+    assert [[p for p, _, _ in tr] for tr in tracks] == [[0, 1, 2], [0, 2]]
+    assert P.link_tracks([[], []]) == []
     # the reference procedure keeps the largest face; no face -> None
     assert P.reference_crop(frames[0], models).box[2] < 330
     assert P.reference_crop(np.full((240, 320, 3), 128, np.uint8), models) is None
