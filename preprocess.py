@@ -243,12 +243,9 @@ def link_tracks(detections: list[list[tuple[tuple, float]]],
     """Per-frame detections -> tracks [(frame position, box, score), ...]: each detection
     continues the track whose last box is nearest (greedy, largest faces first; at most
     `max_dist` box sizes away) or starts a new one. Tracks are ordered by the sum of their box
-    areas (largest, longest person first)."""
-    if all(len(d) <= 1 for d in detections):
-        # never two faces at once: one person, however far the face moves between the
-        # sampled frames (they can be seconds apart); this is what the reference keeps too
-        return [[(pos, d[0][0], d[0][1]) for pos, d in enumerate(detections) if d]] \
-            if any(detections) else []
+    areas (largest, longest person first). Tracks never seen in the same frame are joined:
+    a face that jumped further than `max_dist` between two sampled frames (they can be
+    seconds apart) is still the one person on screen, as the reference would keep it."""
     tracks: list[list[tuple[int, tuple, float]]] = []
     for pos, dets in enumerate(detections):
         dets = sorted(dets, key=lambda d: -_area(d[0]))
@@ -264,7 +261,17 @@ def link_tracks(detections: list[list[tuple[tuple, float]]],
             used_t.add(ti)
             used_d.add(di)
         tracks += [[(pos, d[0], d[1])] for di, d in enumerate(dets) if di not in used_d]
-    return sorted(tracks, key=lambda t: -sum(_area(b) for _, b, _ in t))
+    by_size = lambda t: -sum(_area(b) for _, b, _ in t)  # noqa: E731
+    joined: list[list[tuple[int, tuple, float]]] = []
+    for t in sorted(tracks, key=by_size):
+        frames = {pos for pos, _, _ in t}
+        other = next((j for j in joined if not frames & {pos for pos, _, _ in j}), None)
+        if other is None:
+            joined.append(t)
+        else:
+            other += t
+            other.sort(key=lambda x: x[0])
+    return sorted(joined, key=by_size)
 
 
 def face_tracks(frames: list[np.ndarray], indices: list[int], models: FaceModels,

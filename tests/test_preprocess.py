@@ -130,6 +130,9 @@ def test_tracks_and_masks(tmp_path, models):
     tracks = P.link_tracks([[(a, 1.0), (b, 1.0)], [(b, 1.0)], [(a, 1.0), (b, 1.0)]])
     assert [[p for p, _, _ in tr] for tr in tracks] == [[0, 1, 2], [0, 2]]
     assert P.link_tracks([[], []]) == []
+    c = (0, 300, 50, 350)  # a small false detection in one frame only: joins the gap of b
+    tracks = P.link_tracks([[(a, 1.0), (b, 1.0)], [(a, 1.0), (c, 1.0)], [(a, 1.0), (b, 1.0)]])
+    assert [[p for p, _, _ in tr] for tr in tracks] == [[0, 1, 2], [0, 1, 2]]
     # the reference procedure keeps the largest face; no face -> None
     assert P.reference_crop(frames[0], models).box[2] < 330
     assert P.reference_crop(np.full((240, 320, 3), 128, np.uint8), models) is None
