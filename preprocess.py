@@ -25,7 +25,7 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -65,7 +65,8 @@ WHERE_TO_GET = {
     "dfdcp": "DFDC Preview: https://ai.meta.com/datasets/dfdc/ (preview dataset)",
     "ffiw": "FFIW10K: request at https://github.com/tfzhou/FFIW",
     "dsv1": "DeepSpeak v1: https://huggingface.co/datasets/faridlab/deepspeak_v1 (accept terms)",
-    "folder": "your own videos/images: datasets/folder/<source>/..., 'real' in a source name = real",
+    "folder": "your own videos/images: datasets/folder/<source>/... "
+              "('real' in a source name = real)",
 }
 
 
@@ -405,7 +406,7 @@ class Video:
     source: str
     video_id: str
     label: int            # 0 real, 1 fake
-    file: Path            # absolute path of the video (or image)
+    file: Path            # the video (or image) file: root / <path in the dataset>
     mask: Path | None = None   # manipulation mask video (FF++/DFD), when present
 
 

@@ -61,7 +61,8 @@ def test_template_and_similarity_fit():
     assert np.allclose(m, ref.params[:2], atol=1e-8)
     # an exact similarity is recovered exactly (rotation + uniform scale, no shear)
     a = np.deg2rad(7)
-    true = np.array([[1.3 * np.cos(a), -1.3 * np.sin(a), 10], [1.3 * np.sin(a), 1.3 * np.cos(a), -4]])
+    c, s = 1.3 * np.cos(a), 1.3 * np.sin(a)
+    true = np.array([[c, -s, 10], [s, c, -4]])
     assert np.allclose(P.similarity_transform(src, P.transform_points(true, src)), true)
 
 
@@ -238,7 +239,8 @@ def test_layout_cdfv2(tmp_path):
         "1 Celeb-real/id0_0000.mp4\n0 Celeb-synthesis/id0_id1_0001.mp4\n1 YouTube-real/00000.mp4\n")
     by = {(v.source, v.video_id): v for v in P.list_videos("cdfv2", tmp_path)}
     assert len(by) == 5
-    assert (by[("Celeb-real", "id0_0000")].split, by[("Celeb-real", "id0_0000")].label) == ("test", 0)
+    real = by[("Celeb-real", "id0_0000")]
+    assert (real.split, real.label) == ("test", 0)
     assert by[("Celeb-real", "id0_0001")].split == "train"
     assert (by[("Celeb-synthesis", "id0_id1_0001")].split,
             by[("Celeb-synthesis", "id0_id1_0001")].label) == ("test", 1)
@@ -248,10 +250,12 @@ def test_layout_cdfv2(tmp_path):
 def test_layout_dfdc(tmp_path):
     for n in ("aaa.mp4", "bbb.mp4", "ccc.mp4"):
         U.touch(tmp_path / "test" / "videos" / n)
-    (tmp_path / "test" / "labels.csv").write_text("filename,label\naaa.mp4,1\nbbb.mp4,0\nccc.mp4,1\n")
+    (tmp_path / "test" / "labels.csv").write_text(
+        "filename,label\naaa.mp4,1\nbbb.mp4,0\nccc.mp4,1\n")
     vids = P.list_videos("dfdc", tmp_path)
     assert sorted((v.video_id, v.label, v.source, v.split) for v in vids) == [
         ("aaa", 1, "fake", "test"), ("bbb", 0, "real", "test"), ("ccc", 1, "fake", "test")]
+    assert len(P.list_videos("dfdc", tmp_path / "test")) == 3  # root = the test folder itself
 
 
 def test_layout_dfdcp(tmp_path):
@@ -360,7 +364,8 @@ def test_end_to_end_ffpp_bad_inputs_and_resume(ffpp_root, tmp_path, models, caps
     assert list(train[0]) == ["video_id", "source", "label", "n_frames", "path", "file"]
     rows = {(r["source"], r["video_id"]): r for r in train}
     assert set(rows) == {("youtube", "000"), ("Deepfakes", "000_001")}
-    assert rows[("youtube", "000")]["label"] == "0" and rows[("Deepfakes", "000_001")]["label"] == "1"
+    assert rows[("youtube", "000")]["label"] == "0"
+    assert rows[("Deepfakes", "000_001")]["label"] == "1"
     assert rows[("youtube", "000")]["n_frames"] == "8"
     assert rows[("youtube", "000")]["path"] == "youtube/000"
     video = ds / "train" / "youtube" / "000"
