@@ -314,7 +314,8 @@ def evaluate_dataset(model: nn.Module, dataset: str, split_dir: Path, args, out_
         for v, p in zip(videos, video_p):
             w.writerow([v.video_id, v.source, v.label, len(v.frames), f"{p:.6f}", v.path, v.file])
     title = f"{display(dataset)} {split_dir.name} - {label}"
-    if write_roc_png(files["roc"], curves, title) is None:
+    if write_roc_png(files["roc"], curves, title) is None:  # one class: no curve to draw
+        files["roc"].unlink(missing_ok=True)                  # nor a stale one from a past run
         files["roc"] = None
     result["files"] = {k: (str(p) if p else None) for k, p in files.items()}
     with open(files["metrics"], "w") as f:
