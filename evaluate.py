@@ -8,7 +8,7 @@ Any file:
     python evaluate.py --video clip.mp4 | --image face.jpg | --input DIR  [--save-crops DIR]
 
 Frame score = p_fake = softmax(logits)[:, 1]; video score = mean of its frames' p_fake
-(../shared/METHOD.md section 6). Label 1 = fake.
+(the paper's protocol). Label 1 = fake.
 """
 
 from __future__ import annotations
