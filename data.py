@@ -43,6 +43,8 @@ class Video:
     label: int  # 0 real, 1 fake
     folder: Path  # absolute path of the video's crop folder
     frames: list[Path]  # the crops used, sorted by frame index
+    path: str = ""  # the crop folder relative to the split folder: <source>/<video_id>
+    file: str = ""  # the source video, relative to the dataset root
 
 
 def load_videos(
@@ -50,10 +52,10 @@ def load_videos(
     dataset: str = "ff++",
     split: str = "train",
     sources: Sequence[str] | None = FFPP_SOURCES,
-    max_frames: int = 32,
+    max_frames: int | None = 32,
 ) -> list[Video]:
     """The videos of one split listed in index.csv, restricted to `sources` (None = all),
-    each with up to `max_frames` crops (evenly spaced when a folder holds more)."""
+    each with up to `max_frames` crops (evenly spaced when a folder holds more; None = all)."""
     split_dir = Path(data) / dataset / split
     index = split_dir / "index.csv"
     if not index.is_file():
@@ -75,10 +77,11 @@ def load_videos(
         if not frames:
             raise SystemExit(f"{index} lists {r['path']} but {folder} holds no .png crops; "
                              f"re-run `{PREPROCESS_COMMAND}`")
-        if len(frames) > max_frames:
+        if max_frames is not None and len(frames) > max_frames:
             keep = np.unique(np.linspace(0, len(frames) - 1, max_frames).round().astype(int))
             frames = [frames[k] for k in keep]
-        videos.append(Video(r["video_id"], r["source"], int(r["label"]), folder.resolve(), frames))
+        videos.append(Video(r["video_id"], r["source"], int(r["label"]), folder.resolve(), frames, r["path"],
+                            r.get("file", "")))
     if not videos:
         raise SystemExit(f"{index}: no videos left for sources {list(sources or [])}")
     return videos

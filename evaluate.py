@@ -19,7 +19,6 @@ import json
 import math
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -32,6 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import clip_vit
+import data
 import preprocess
 
 # the paper's cross-dataset columns, in its order, and how the table names them
@@ -113,16 +113,6 @@ def video_scores(video_keys, frame_scores) -> dict:
 
 # ----------------------------------------------------------------------------- data
 
-@dataclass
-class Video:
-    video_id: str
-    source: str
-    label: int
-    path: str            # video folder relative to the split folder: <source>/<video_id>
-    file: str            # source video, relative to the dataset root
-    frames: list[Path]   # crop files, in frame order
-
-
 def layout_help(data: Path, dataset: str, split: str) -> str:
     """Where evaluate.py looks and the preprocess.py command that writes it."""
     root = preprocess.DEFAULT_ROOTS.get(dataset, [f"datasets/{dataset}"])[0]
@@ -140,40 +130,6 @@ def find_split(data: Path, dataset: str, split: str = "test") -> Path | None:
     return index.parent
 
 
-def frame_number(path: Path) -> int:
-    try:
-        return int(path.stem)
-    except ValueError:
-        return sys.maxsize  # not a frame crop: sort last (filtered below)
-
-
-def read_split(split_dir: Path) -> list[Video]:
-    """The videos listed in a split's index.csv, with their crop files sorted by frame index."""
-    videos = []
-    with open(split_dir / "index.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    need = {"video_id", "source", "label", "path"}
-    if rows and not need <= set(rows[0]):
-        raise SystemExit(f"{split_dir / 'index.csv'}: expected columns "
-                         f"video_id,source,label,n_frames,path,file, found {list(rows[0])}")
-    for row in rows:
-        folder = split_dir / row["path"]
-        frames = sorted((p for p in folder.glob("*.png") if p.stem.isdigit()), key=frame_number)
-        if not frames:
-            print(f"warning: {folder} has no crops, skipped", file=sys.stderr)
-            continue
-        videos.append(Video(row["video_id"], row["source"], int(row["label"]), row["path"],
-                            row.get("file", ""), frames))
-    return videos
-
-
-def load_rgb(path: Path) -> np.ndarray:
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise ValueError(f"cannot read image {path}")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
 class Crops(Dataset):
     """Face crops -> CLIP-transformed tensors [3, 224, 224]; from files or from arrays."""
 
@@ -186,9 +142,9 @@ class Crops(Dataset):
 
     def __getitem__(self, i: int) -> torch.Tensor:
         item = self.items[i]
-        rgb = load_rgb(item) if isinstance(item, Path) else item
-        image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)  # [3, H, W] uint8
-        return self.transform(image)
+        if isinstance(item, Path):
+            return self.transform(data.read_rgb(item))                      # [3, H, W] uint8
+        return self.transform(torch.from_numpy(np.ascontiguousarray(item)).permute(2, 0, 1))
 
 
 # ----------------------------------------------------------------------------- models
@@ -277,7 +233,7 @@ def predict(model: nn.Module, items: list, device: torch.device, batch_size: int
 def evaluate_dataset(model: nn.Module, dataset: str, split_dir: Path, args, out_dir: Path,
                      label: str) -> dict:
     """Score every crop of a split; write videos.csv, metrics.json and roc.png under out_dir."""
-    videos = read_split(split_dir)
+    videos = data.load_videos(split_dir.parent.parent, dataset, split_dir.name, sources=None, max_frames=None)
     if not videos:
         raise SystemExit(f"{split_dir / 'index.csv'} lists no video with crops; "
                          + layout_help(Path(args.data), dataset, split_dir.name))
@@ -449,22 +405,22 @@ def write_roc_png(path: Path, curves: list, title: str, size: int = 560) -> Path
 # ----------------------------------------------------------------------------- benchmarks
 
 def run_benchmarks(args) -> dict:
-    data = Path(args.data)
+    data_dir = Path(args.data)
     names = PAPER_DATASETS + ["ff++"] if args.dataset == "all" else [args.dataset]
-    if not data.is_dir():
-        raise SystemExit(f"data directory {data}/ does not exist; "
-                         + layout_help(data, names[0], args.split))
-    found = {d: find_split(data, d, args.split) for d in names}
+    if not data_dir.is_dir():
+        raise SystemExit(f"data directory {data_dir}/ does not exist; "
+                         + layout_help(data_dir, names[0], args.split))
+    found = {d: find_split(data_dir, d, args.split) for d in names}
     missing = [d for d in names if found[d] is None]
     if len(missing) == len(names):
         if len(names) == 1:
-            raise SystemExit(f"no {names[0]} preprocessed in {data}/; "
-                             + layout_help(data, names[0], args.split))
-        raise SystemExit(f"none of {', '.join(names)} is preprocessed in {data}/; expected "
-                         f"{data}/<dataset>/{args.split}/index.csv and crops under it; create them "
-                         f"with `python preprocess.py --out {data}` (every dataset found under "
+            raise SystemExit(f"no {names[0]} preprocessed in {data_dir}/; "
+                             + layout_help(data_dir, names[0], args.split))
+        raise SystemExit(f"none of {', '.join(names)} is preprocessed in {data_dir}/; expected "
+                         f"{data_dir}/<dataset>/{args.split}/index.csv and crops under it; create them "
+                         f"with `python preprocess.py --out {data_dir}` (every dataset found under "
                          f"datasets/) or one at a time, e.g. "
-                         + layout_help(data, names[0], args.split).split("create them with: ")[1])
+                         + layout_help(data_dir, names[0], args.split).split("create them with: ")[1])
     model, label, default_out = load_model(args, benchmark=True)
     out = Path(args.out or default_out)
     results = {}

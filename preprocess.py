@@ -810,8 +810,9 @@ def run_dataset(dataset: str, root, out="data", split: str | None = None,
                 workers: int | None = None, landmarks: str | None = None,
                 compression: str = "c23", splits_dir: str | None = None,
                 detect_side: int = 640, reference: bool = False,
-                retry_failed: bool = False) -> dict[str, int]:
-    """Process one dataset; returns counts {"done", "skipped", "failed", "total"}."""
+                retry_failed: bool = False, limit: int | None = None) -> dict[str, int]:
+    """Process one dataset; returns counts {"done", "skipped", "failed", "total"}.
+    `limit`: at most that many videos per split and source (a quick subset for smoke runs)."""
     root = Path(root)
     videos = list_videos(dataset, root, compression, splits_dir)
     if split:
@@ -820,6 +821,14 @@ def run_dataset(dataset: str, root, out="data", split: str | None = None,
             raise LayoutError(f"{dataset} at {root} has no split {split!r}; "
                               f"found: {', '.join(splits)}")
         videos = [v for v in videos if v.split == split]
+    if limit:  # the first `limit` videos of each split and source
+        count: dict[tuple[str, str], int] = {}
+        kept = []
+        for v in videos:
+            count[(v.split, v.source)] = count.get((v.split, v.source), 0) + 1
+            if count[(v.split, v.source)] <= limit:
+                kept.append(v)
+        videos = kept
     name = output_name(dataset, compression)
     ds_dir = Path(out) / name
     ds_dir.mkdir(parents=True, exist_ok=True)
@@ -960,6 +969,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "no tracking); slow, for comparisons")
     p.add_argument("--retry-failed", action="store_true",
                    help="process the videos listed in failures.csv again")
+    p.add_argument("--limit", type=int, default=None,
+                   help="at most N videos per split and source (a quick subset, e.g. for a smoke run)")
     p.add_argument("--datasets-dir", default="datasets",
                    help="where to look for datasets when --dataset or --root is omitted "
                         "(datasets)")
@@ -971,7 +982,7 @@ def main(argv=None) -> int:
     opts = dict(out=a.out, split=a.split, n_frames=a.frames, size=a.size, scale=a.scale,
                 workers=a.workers, landmarks=a.landmarks, compression=a.compression,
                 splits_dir=a.splits, detect_side=a.detect_side, reference=a.reference,
-                retry_failed=a.retry_failed)
+                retry_failed=a.retry_failed, limit=a.limit)
     load_face_models(a.landmarks)  # fail early on a missing landmark file
     try:
         if a.dataset:

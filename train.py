@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 import clip_vit
 import data as data_lib
+from evaluate import compute_metrics, video_scores
 from losses import alignment, slerp_augment, uniformity
 
 
@@ -202,23 +203,11 @@ def validate(detector: nn.Module, loader, device: torch.device, amp: bool) -> di
         scores.append(logits.float().softmax(-1)[:, 1].cpu())
         videos.append(v)
     detector.train()
-    scores_t, videos_t = torch.cat(scores), torch.cat(videos)  # [F], [F]
-    dataset = loader.dataset
-    frame_labels = dataset.labels.numpy()
-    video_ids = videos_t.unique()
-    video_scores = np.array([scores_t[videos_t == v].double().mean().item() for v in video_ids])
-    video_labels = np.array([dataset.videos[v].label for v in video_ids.tolist()])
-    return {"val_video_auroc": auroc(video_labels, video_scores),
-            "val_frame_auroc": auroc(frame_labels, scores_t.numpy())}
-
-
-def auroc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    try:
-        from evaluate import compute_metrics  # the project's metrics, when present
-        return compute_metrics(labels, scores)["auroc"]
-    except ImportError:
-        from sklearn.metrics import roc_auc_score
-        return float(roc_auc_score(labels, scores)) if len(set(labels.tolist())) == 2 else None
+    frame_scores = torch.cat(scores).numpy()  # [F], in the dataset's order (no sampler)
+    per_video = video_scores(torch.cat(videos).tolist(), frame_scores)
+    video_labels = [loader.dataset.videos[v].label for v in per_video]
+    return {"val_video_auroc": compute_metrics(video_labels, list(per_video.values()))["auroc"],
+            "val_frame_auroc": compute_metrics(loader.dataset.labels.numpy(), frame_scores)["auroc"]}
 
 
 def fmt(x: float | None) -> str:
