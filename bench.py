@@ -114,7 +114,29 @@ def train_step_seconds(model: str, device: torch.device, batch: int, repeat: int
     seconds = timed(step, device, repeat)
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else \
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"seconds": seconds, "peak_memory_mb": (peak - base) / 2 ** 20}
+    return {"seconds": seconds, "peak_memory_mb": (peak - base) / 2 ** 20, "time_shares": time_shares(step, device)}
+
+
+def time_shares(fn, device: torch.device) -> dict:
+    """Where one call's time goes, from torch.profiler: GEMMs (linear layers, forward and backward,
+    and the patch-embedding convolution), attention, and everything else (LayerNorm, activations,
+    additions, copies, optimizer)."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        fn()
+        sync(device)
+    shares = {"gemm": 0.0, "attention": 0.0, "other": 0.0}
+    for event in prof.key_averages():
+        t = event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total
+        if event.key in ("aten::addmm", "aten::mm", "aten::bmm", "aten::mkldnn_convolution", "aten::cudnn_convolution"):
+            shares["gemm"] += t
+        elif "scaled_dot_product" in event.key or "flash" in event.key:
+            shares["attention"] += t
+        else:
+            shares["other"] += t
+    total = sum(shares.values()) or 1.0
+    return {k: v / total for k, v in shares.items()}
 
 
 def resident_bytes() -> int:
@@ -137,7 +159,8 @@ def bench_train_step(model: str, device: torch.device, batch: int, repeat: int, 
             r = json.loads(out.stdout.strip().splitlines()[-1])
         result["checkpointing" if checkpointing else "plain"] = {
             "images_per_s": batch / r["seconds"], "seconds": r["seconds"],
-            "ratio_to_forward": r["seconds"] / forward_seconds, "peak_memory_mb": r["peak_memory_mb"]}
+            "ratio_to_forward": r["seconds"] / forward_seconds, "peak_memory_mb": r["peak_memory_mb"],
+            "time_shares": r["time_shares"]}
     return result["plain"] | {"checkpointing": result["checkpointing"]}
 
 
@@ -229,8 +252,9 @@ def table(results: dict) -> str:
                     f"{f['tflop_per_s']:.3f} TFLOP/s = {100 * f['gemm_fraction']:.0f}% of GEMM ({f['gemm_tflop_per_s']:.3f} TFLOP/s) |")
     if t := results.get("train_step"):
         for name, r in (("train step", t), ("train step, checkpointing", t["checkpointing"])):
+            shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["time_shares"].items())
             rows.append(f"| {name} | {r['images_per_s']:.2f} images/s, {r['ratio_to_forward']:.2f}x the forward, "
-                        f"peak {r['peak_memory_mb']:.0f} MB |")
+                        f"peak {r['peak_memory_mb']:.0f} MB; time: {shares} |")
     if p := results.get("preprocess"):
         px = "n/a" if p["keypoint_px"] is None else f"{p['keypoint_px']:.2f} px"
         rows.append(f"| preprocess ({p['frame_size'][1]}x{p['frame_size'][0]}, 1 core) | {p['frames_per_s']:.1f} frames/s vs "

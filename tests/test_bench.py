@@ -13,6 +13,7 @@ def test_bench_writes_every_part(tmp_path, capsys):
     step = results["train_step"]
     assert step["images_per_s"] > 0 and step["ratio_to_forward"] > 0 and step["peak_memory_mb"] > 0
     assert step["checkpointing"]["images_per_s"] > 0
+    assert abs(sum(step["time_shares"].values()) - 1) < 1e-6 and step["time_shares"]["gemm"] > 0
     pre = results["preprocess"]
     assert pre["frames"] == 4 and pre["frame_size"] == [720, 1280]
     assert abs(pre["speedup"] - pre["frames_per_s"] / pre["reference_frames_per_s"]) < 1e-9
