@@ -242,7 +242,11 @@ def bench_data(n_images: int) -> dict:
 def device_info(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
-    return f"{platform.processor() or platform.machine()} x{os.cpu_count()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    name = platform.processor() or platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        models = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
+        name = models[0] if models else name
+    return f"{name} x{os.cpu_count()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
 def table(results: dict) -> str:
