@@ -514,6 +514,8 @@ def set_trainable(detector: DeepfakeDetector, tuning: str) -> int:
     if tuning not in TUNING:
         raise ValueError(f"tuning must be one of {TUNING}, got {tuning!r}")
     detector.requires_grad_(tuning == "full")
+    if detector.visual.proj is not None:  # unused by the detector: no gradient reaches it (DDP would wait for one)
+        detector.visual.proj.requires_grad_(False)
     if tuning == "ln":
         for module in detector.visual.modules():
             if isinstance(module, nn.LayerNorm):

@@ -87,6 +87,7 @@ def test_vit_l14_parameter_counts():
     assert len(trainable) == 50 * 2 + 2
     assert all(".ln_" in n or n.startswith("head.") for n in trainable)
     assert cv.set_trainable(detector, "linear-probe") == 2050
+    assert cv.set_trainable(detector, "full") == 303_966_208 - 1024 * 768 + 2050  # all but the unused proj
 
 
 def test_frozen_weights_get_no_gradient():
