@@ -290,18 +290,25 @@ def main(argv: list[str] | None = None) -> dict:
     repeat = args.repeat or (10 if cuda else 2)
     results = {"device": device_info(device), "batch_size": batch}
 
+    def stage(name: str) -> None:  # a CPU run takes minutes: say what is running
+        print(f"bench: {name} ...", file=sys.stderr, flush=True)
+
     if "forward" in parts or "train_step" in parts:
+        stage(f"forward, {args.model}, batch {batch}")
         detector = build(args.model, device)
         gemm = gemm_flops(device, 8192 if cuda else 4096)
         results["forward"] = bench_forward(detector, device, batch, repeat, gemm)
         if "train_step" in parts:
             del detector
+            stage("training step, without and with gradient checkpointing")
             results["train_step"] = bench_train_step(args.model, device, batch, repeat, results["forward"]["seconds"])
         if "forward" not in parts:
             del results["forward"]
     if "data" in parts:
+        stage("data loading")
         results["data"] = bench_data(args.data_images)
     if "preprocess" in parts:
+        stage("preprocessing and the reference procedure")
         results["preprocess"] = bench_preprocess(args.video, args.frames)
 
     print(f"{results['device']}\n\n{table(results)}")
