@@ -16,8 +16,8 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -113,13 +113,19 @@ def video_scores(video_keys, frame_scores) -> dict:
 
 # ----------------------------------------------------------------------------- data
 
+class DataError(ValueError):
+    """A preprocessed split that cannot be evaluated as it is (one-line reason)."""
+
+
 def layout_help(data: Path, dataset: str, split: str) -> str:
     """Where evaluate.py looks and the preprocess.py command that writes it."""
-    root = preprocess.DEFAULT_ROOTS.get(dataset, [f"datasets/{dataset}"])[0]
+    base, _, compression = dataset.partition("-")          # ff++-c40: ff++ at c40
+    root = preprocess.DEFAULT_ROOTS.get(base, [f"datasets/{base}"])[0]
+    flag = f" --compression {compression}" if compression else ""
     return (f"expected {data}/{dataset}/{split}/index.csv (columns "
             f"video_id,source,label,n_frames,path,file) and crops "
             f"{data}/{dataset}/{split}/<source>/<video_id>/<frame>.png; create them with: "
-            f"python preprocess.py --dataset {dataset} --root {root} --out {data}")
+            f"python preprocess.py --dataset {base}{flag} --root {root} --out {data}")
 
 
 def find_split(data: Path, dataset: str, split: str = "test") -> Path | None:
@@ -130,21 +136,45 @@ def find_split(data: Path, dataset: str, split: str = "test") -> Path | None:
     return index.parent
 
 
+def load_split(split_dir: Path, dataset: str) -> list[data.Video]:
+    """Every video of the split with all its crops; DataError when index.csv and crops disagree."""
+    index = split_dir / "index.csv"
+    try:
+        videos = data.load_videos(split_dir.parent.parent, dataset, split_dir.name, sources=None,
+                                  max_frames=None)
+    except SystemExit as e:  # data.py's one-line errors (a listed folder without crops, ...)
+        raise DataError(str(e)) from None
+    except (KeyError, ValueError) as e:  # a column missing, a label that is not an integer
+        raise DataError(f"{index} is malformed ({type(e).__name__}: {e}); expected columns "
+                        f"video_id,source,label,n_frames,path,file as preprocess.py writes") from None
+    if not videos:
+        raise DataError(f"{index} lists no video with crops")
+    return videos
+
+
 class Crops(Dataset):
-    """Face crops -> CLIP-transformed tensors [3, 224, 224]; from files or from arrays."""
+    """Face crops -> (CLIP-transformed tensor [3, 224, 224], readable); from files or arrays.
+
+    An unreadable file gives zeros and readable=False instead of an exception, so the main
+    process can name the files: an exception in a loader worker surfaces as a traceback."""
 
     def __init__(self, items: list, size: int = 224):
         self.items = items       # Path or np.ndarray [H, W, 3] uint8 RGB
+        self.size = size
         self.transform = clip_vit.image_transform(size)
 
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, bool]:
         item = self.items[i]
         if isinstance(item, Path):
-            return self.transform(data.read_rgb(item))                      # [3, H, W] uint8
-        return self.transform(torch.from_numpy(np.ascontiguousarray(item)).permute(2, 0, 1))
+            item = cv2.imread(str(item), cv2.IMREAD_COLOR)               # [H, W, 3] BGR or None
+            if item is None:
+                return torch.zeros(3, self.size, self.size), False
+            item = item[:, :, ::-1]                                       # RGB
+        image = torch.from_numpy(np.ascontiguousarray(item)).permute(2, 0, 1)  # [3, H, W] uint8
+        return self.transform(image), True
 
 
 # ----------------------------------------------------------------------------- models
@@ -165,78 +195,93 @@ class ZeroShotCLIP(nn.Module):
         return self.clip.logit_scale.exp().float() * image @ self.text.t()   # [N, 2]
 
 
+def load_zero_shot(args) -> tuple[nn.Module, str, str]:
+    """(zero-shot CLIP, a label for tables, the default output folder)."""
+    name = args.clip or "ViT-L/14"
+    try:
+        clip = clip_vit.tiny_clip() if name == "tiny" else clip_vit.load(name, device="cpu")
+        tokenizer = clip_vit.Tokenizer(args.bpe) if args.bpe else None  # None: download, cached
+        model = ZeroShotCLIP(clip.float(), tuple(args.prompts), tokenizer)
+    except (ValueError, OSError, RuntimeError) as e:  # offline, wrong file
+        raise SystemExit(f"cannot load CLIP {name} for --zero-shot: {e} "
+                         f"(evaluate.py takes the files as --clip PATH and --bpe PATH)")
+    tag = Path(name).stem if os.path.exists(name) else name.replace("/", "-")
+    print(f"model: zero-shot CLIP {name}, prompts {args.prompts}")
+    return model, f"zero-shot CLIP {name}", str(Path("eval") / f"zero-shot-{tag}")
+
+
 def newest_run(runs: Path) -> Path | None:
     found = sorted(runs.glob("*/best.pt"), key=lambda p: p.stat().st_mtime) if runs.is_dir() else []
     return found[-1] if found else None
 
 
+def choose_checkpoint(args, benchmark: bool) -> str:
+    """--checkpoint; else for benchmarks the newest runs/*/best.pt; else the authors' weights.
+    Says which on stdout: a number in a table is worthless without knowing the model."""
+    if args.checkpoint is not None:
+        print(f"model: {args.checkpoint}")
+        return args.checkpoint
+    newest = newest_run(Path(args.runs)) if benchmark else None
+    if newest is not None:
+        print(f"model: newest run's checkpoint {newest} (pass --checkpoint to choose another)")
+        return str(newest)
+    why = f"no run found under {args.runs}/, " if benchmark else ""
+    print(f"model: {why}using the authors' released weights (pass --checkpoint to use another)")
+    return "authors"
+
+
 def load_model(args, benchmark: bool) -> tuple[nn.Module, str, str]:
-    """(model giving logits [N, 2], a label for tables, the default output folder)."""
-    device = torch.device(args.device)
-    if args.zero_shot:
-        name = args.clip or "ViT-L/14"
-        try:
-            clip = clip_vit.tiny_clip() if name == "tiny" else clip_vit.load(name, device="cpu")
-            tokenizer = clip_vit.Tokenizer(args.bpe) if args.bpe else None  # None: download, cached
-            model = ZeroShotCLIP(clip.float(), tuple(args.prompts), tokenizer)
-        except (ValueError, OSError, RuntimeError) as e:  # offline, wrong file
-            raise SystemExit(f"cannot load CLIP {name} for --zero-shot: {e} "
-                             f"(evaluate.py takes the files as --clip PATH and --bpe PATH)")
-        tag = Path(name).stem if os.path.exists(name) else name.replace("/", "-")
-        print(f"model: zero-shot CLIP {name}, prompts {args.prompts}")
-        return model.to(device).eval(), f"zero-shot CLIP {name}", str(Path("eval") / f"zero-shot-{tag}")
-    source = args.checkpoint
-    if source is None and benchmark:
-        newest = newest_run(Path(args.runs))
-        if newest is not None:
-            source = str(newest)
-            print(f"model: newest run's checkpoint {source} (pass --checkpoint to choose another)")
-        else:
-            print(f"model: no run found under {args.runs}/, using the authors' released weights")
-    if source is None:
-        source = "authors"
-        if not benchmark:
-            print("model: the authors' released weights (pass --checkpoint to use another)")
-    elif source != "authors" and not Path(source).is_file():
-        raise SystemExit(f"checkpoint {source} not found: expected a file written by train.py "
+    """(model giving logits [N, 2] in eval mode on --device, a label for tables, the default
+    output folder)."""
+    model, label, out = load_zero_shot(args) if args.zero_shot else load_trained_detector(args, benchmark)
+    return model.to(torch.device(args.device)).eval(), label, out
+
+
+def load_trained_detector(args, benchmark: bool) -> tuple[nn.Module, str, str]:
+    source = choose_checkpoint(args, benchmark)
+    path = Path(source)
+    if source != "authors" and not path.is_file():
+        what = "is a folder" if path.is_dir() else "not found"
+        raise SystemExit(f"checkpoint {source} {what}: expected a file written by train.py "
                          f"(runs/<name>/best.pt), the authors' model.ckpt, or 'authors'")
-    elif args.checkpoint is not None:
-        print(f"model: {source}")
     try:
         detector = clip_vit.load_detector(source, clip=args.clip, device="cpu")
     except (ValueError, OSError, RuntimeError) as e:  # wrong file, wrong base weights, offline
         raise SystemExit(f"cannot load checkpoint {source}: {e}")
     if source == "authors":
-        return detector.to(device).eval(), "authors' weights", str(Path("eval") / "authors")
-    path = Path(source)
-    return detector.to(device).eval(), f"{path.parent.name}/{path.name}", str(path.parent / f"eval-{path.stem}")
+        return detector, "authors' weights", str(Path("eval") / "authors")
+    return detector, f"{path.parent.name}/{path.name}", str(path.parent / f"eval-{path.stem}")
 
 
 @torch.inference_mode()
 def predict(model: nn.Module, items: list, device: torch.device, batch_size: int = 64,
             workers: int = 0, desc: str = "frames") -> np.ndarray:
-    """p_fake for each item (crop path or RGB array), in order: float64 [len(items)]."""
+    """p_fake for each item (crop path or RGB array), in order: float64 [len(items)].
+    DataError naming the crop files that cannot be read."""
     loader = DataLoader(Crops(items), batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda")
-    out = []
-    for images in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
+    out, readable = [], []
+    for images, ok in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
         images = images.to(device, non_blocking=True)
         # bf16 on GPU as in training; plain fp32 on CPU
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = model(images)                                   # [N, 2]
         out.append(torch.softmax(logits.float(), dim=-1)[:, 1].cpu())
-    return torch.cat(out).double().numpy() if out else np.zeros(0)
+        readable.append(ok)
+    if not out:
+        return np.zeros(0)
+    bad = [items[i] for i in torch.cat(readable).logical_not().nonzero().flatten().tolist()]
+    if bad:
+        raise DataError(f"{len(bad)} crop file(s) cannot be read as images, e.g. {bad[0]}; "
+                        f"re-run preprocess.py for their videos")
+    return torch.cat(out).double().numpy()
 
 
 # ----------------------------------------------------------------------------- one dataset
 
-def evaluate_dataset(model: nn.Module, dataset: str, split_dir: Path, args, out_dir: Path,
-                     label: str) -> dict:
+def evaluate_dataset(model: nn.Module, dataset: str, split_dir: Path, videos: list[data.Video],
+                     args, out_dir: Path, label: str) -> dict:
     """Score every crop of a split; write videos.csv, metrics.json and roc.png under out_dir."""
-    videos = data.load_videos(split_dir.parent.parent, dataset, split_dir.name, sources=None, max_frames=None)
-    if not videos:
-        raise SystemExit(f"{split_dir / 'index.csv'} lists no video with crops; "
-                         + layout_help(Path(args.data), dataset, split_dir.name))
     items = [f for v in videos for f in v.frames]
     keys = [v.path for v in videos for _ in v.frames]
     frame_labels = np.array([v.label for v in videos for _ in v.frames])
@@ -260,7 +305,13 @@ def evaluate_dataset(model: nn.Module, dataset: str, split_dir: Path, args, out_
             sel = real | np.array([v.source == src for v in videos])
             result["per_source"][src] = compute_metrics(video_labels[sel], video_p[sel])
             curves.append((f"{FFPP_METHODS.get(src, src)} videos", video_labels[sel], video_p[sel]))
+    write_dataset_outputs(out_dir, result, videos, video_p, curves)
+    return result
 
+
+def write_dataset_outputs(out_dir: Path, result: dict, videos: list[data.Video], video_p: np.ndarray,
+                          curves: list) -> None:
+    """videos.csv, roc.png (none for one class) and metrics.json, which lists the files."""
     out_dir.mkdir(parents=True, exist_ok=True)
     files = {"videos": out_dir / "videos.csv", "metrics": out_dir / "metrics.json",
              "roc": out_dir / "roc.png"}
@@ -269,14 +320,13 @@ def evaluate_dataset(model: nn.Module, dataset: str, split_dir: Path, args, out_
         w.writerow(["video_id", "source", "label", "n_frames", "p_fake", "path", "file"])
         for v, p in zip(videos, video_p):
             w.writerow([v.video_id, v.source, v.label, len(v.frames), f"{p:.6f}", v.path, v.file])
-    title = f"{display(dataset)} {split_dir.name} - {label}"
+    title = f"{display(result['dataset'])} {result['split']} - {result['model']}"
     if write_roc_png(files["roc"], curves, title) is None:  # one class: no curve to draw
         files["roc"].unlink(missing_ok=True)                  # nor a stale one from a past run
         files["roc"] = None
     result["files"] = {k: (str(p) if p else None) for k, p in files.items()}
     with open(files["metrics"], "w") as f:
         json.dump(result, f, indent=2)
-    return result
 
 
 # ----------------------------------------------------------------------------- tables
@@ -301,24 +351,25 @@ def metrics_table(results: list[dict]) -> str:
     return "\n".join(lines + ([""] + notes if notes else []))
 
 
-def paper_table(results: dict, label: str, missing: list[str]) -> str:
-    """Video-level AUROC (%) in the paper's columns and their mean, plus FF++ per manipulation."""
-    cells, values = [], []
-    for d in PAPER_DATASETS:
-        auroc = results[d]["video"]["auroc"] if d in results else None
-        values += [auroc] if auroc is not None else []
-        cells.append(pct(auroc) if d in results else "missing")
+def paper_table(results: dict, label: str, missing: list[str], failed: dict[str, str]) -> str:
+    """Video-level AUROC (%) in the paper's columns and their mean, plus FF++ per manipulation.
+    `missing`: datasets not preprocessed; `failed`: {dataset: why it could not be evaluated}."""
+    def cell(d: str) -> str:
+        return pct(results[d]["video"]["auroc"]) if d in results else "error" if d in failed else "missing"
+
+    values = [results[d]["video"]["auroc"] for d in PAPER_DATASETS if d in results]
+    values = [v for v in values if v is not None]
     mean = pct(sum(values) / len(values)) if values else "n/a"
     if values and len(values) < len(PAPER_DATASETS):
         mean += f" ({len(values)}/{len(PAPER_DATASETS)})"
     lines = ["Video-level AUROC (%), trained on FF++ c23:", "",
              "| model | " + " | ".join(DISPLAY[d] for d in PAPER_DATASETS) + " | mean |",
              "|---|" + "---:|" * (len(PAPER_DATASETS) + 1),
-             f"| {label} | " + " | ".join(cells) + f" | {mean} |"]
+             f"| {label} | " + " | ".join(cell(d) for d in PAPER_DATASETS) + f" | {mean} |"]
     ffpp = results.get("ff++")
     lines += ["", "FF++ test, video-level AUROC (%) per manipulation (real videos vs that method):", ""]
     if ffpp is None:
-        lines.append("FF++ test: missing")
+        lines.append(f"FF++ test: {cell('ff++')}")
     else:
         srcs = list(ffpp.get("per_source", {}))
         lines += ["| model | " + " | ".join(FFPP_METHODS.get(s, s) for s in srcs) + " | all |",
@@ -326,7 +377,10 @@ def paper_table(results: dict, label: str, missing: list[str]) -> str:
                   f"| {label} | " + " | ".join(pct(ffpp["per_source"][s]["auroc"]) for s in srcs)
                   + f" | {pct(ffpp['video']['auroc'])} |"]
     if missing:
-        lines += ["", "missing (not preprocessed): " + ", ".join(missing)]
+        lines += ["", "missing (not preprocessed): " + ", ".join(display(d) for d in missing)]
+    if failed:
+        lines += ["", "error (not evaluated; fix and re-run):"]
+        lines += [f"- {display(d)}: {why}" for d, why in failed.items()]
     return "\n".join(lines)
 
 
@@ -404,35 +458,61 @@ def write_roc_png(path: Path, curves: list, title: str, size: int = 560) -> Path
 
 # ----------------------------------------------------------------------------- benchmarks
 
+def no_data_error(data_dir: Path, names: list[str], split: str) -> str:
+    """Nothing to evaluate: the layout evaluate.py expects and the command that writes it."""
+    if not data_dir.is_dir():
+        return f"data directory {data_dir}/ does not exist; " + layout_help(data_dir, names[0], split)
+    if len(names) == 1:
+        return f"no {names[0]} preprocessed in {data_dir}/; " + layout_help(data_dir, names[0], split)
+    example = layout_help(data_dir, names[0], split).split("create them with: ")[1]
+    return (f"none of {', '.join(names)} is preprocessed in {data_dir}/; expected "
+            f"{data_dir}/<dataset>/{split}/index.csv and crops under it; create them with "
+            f"`python preprocess.py --out {data_dir}` (every dataset found under datasets/) or one "
+            f"at a time, e.g. {example}")
+
+
 def run_benchmarks(args) -> dict:
     data_dir = Path(args.data)
     names = PAPER_DATASETS + ["ff++"] if args.dataset == "all" else [args.dataset]
-    if not data_dir.is_dir():
-        raise SystemExit(f"data directory {data_dir}/ does not exist; "
-                         + layout_help(data_dir, names[0], args.split))
     found = {d: find_split(data_dir, d, args.split) for d in names}
     missing = [d for d in names if found[d] is None]
     if len(missing) == len(names):
-        if len(names) == 1:
-            raise SystemExit(f"no {names[0]} preprocessed in {data_dir}/; "
-                             + layout_help(data_dir, names[0], args.split))
-        raise SystemExit(f"none of {', '.join(names)} is preprocessed in {data_dir}/; expected "
-                         f"{data_dir}/<dataset>/{args.split}/index.csv and crops under it; create them "
-                         f"with `python preprocess.py --out {data_dir}` (every dataset found under "
-                         f"datasets/) or one at a time, e.g. "
-                         + layout_help(data_dir, names[0], args.split).split("create them with: ")[1])
+        raise SystemExit(no_data_error(data_dir, names, args.split))
+    # every index.csv is checked before the model loads (minutes for a download) and a broken
+    # dataset is listed in the `all` table, not allowed to stop the others
+    videos, failed = {}, {}
+    for d in names:
+        if found[d] is not None:
+            try:
+                videos[d] = load_split(found[d], d)
+            except DataError as e:
+                failed[d] = str(e)
+    if not videos:
+        raise SystemExit("; ".join(failed.values()))
     model, label, default_out = load_model(args, benchmark=True)
     out = Path(args.out or default_out)
     results = {}
-    for d in names:
-        if found[d] is not None:
-            results[d] = evaluate_dataset(model, d, found[d], args, out / d, label)
+    for d in videos:
+        try:
+            results[d] = evaluate_dataset(model, d, found[d], videos[d], args, out / d, label)
+        except DataError as e:  # unreadable crops
+            failed[d] = str(e)
+    if not results:
+        raise SystemExit("; ".join(failed.values()))
+    for d, why in failed.items():
+        print(f"{display(d)}: not evaluated: {why}", file=sys.stderr)
+    return write_summary(args, out, label, results, missing, failed)
+
+
+def write_summary(args, out: Path, label: str, results: dict, missing: list[str],
+                  failed: dict[str, str]) -> dict:
+    """Print the table(s); write them as <stem>.md and everything as <stem>.json."""
     table = metrics_table(list(results.values()))
     if args.dataset == "all":
-        table = paper_table(results, label, [DISPLAY[d] for d in missing]) + "\n\n" + table
+        table = paper_table(results, label, missing, failed) + "\n\n" + table
     print(table)
     summary = {"model": label, "split": args.split, "results": results,
-               "missing": missing, "table": table}
+               "missing": missing, "failed": failed, "table": table}
     out.mkdir(parents=True, exist_ok=True)
     stem = "summary" if args.dataset == "all" else f"{args.dataset}-summary"
     (out / f"{stem}.md").write_text(table + "\n")
@@ -444,87 +524,124 @@ def run_benchmarks(args) -> dict:
 
 # ----------------------------------------------------------------------------- any video / image
 
-def list_inputs(args) -> list[Path]:
-    paths = [Path(p) for p in (args.video or []) + (args.image or [])]
+def list_inputs(args) -> list[tuple[Path, str]]:
+    """(file, name of its --save-crops folder): the file's stem, or its path under --input
+    without the extension; made unique (a~2), so two files never share a crops folder."""
+    named = []
+    for p in map(Path, (args.video or []) + (args.image or [])):
+        if p.is_dir():
+            raise SystemExit(f"{p} is a folder, not a file: use --input {p} to score every file in it")
+        if not p.is_file():
+            raise SystemExit(f"{p}: file not found")
+        named.append((p, p.stem))
     if args.input:
         root = Path(args.input)
         if not root.is_dir():
-            raise SystemExit(f"--input {root}: not a directory")
+            raise SystemExit(f"--input {root}: not a folder")
+        files = sorted(p for p in root.rglob("*") if p.is_file())
         exts = preprocess.VIDEO_EXTS | preprocess.IMAGE_EXTS
-        found = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in exts)
-        if not found:
+        media = [p for p in files if p.suffix.lower() in exts]
+        if not media:
             raise SystemExit(f"--input {root}: no video or image file ({' '.join(sorted(exts))}) found")
-        paths += found
-    for p in paths:
-        if not p.is_file():
-            raise SystemExit(f"{p}: file not found")
-    return paths
+        if len(media) < len(files):
+            print(f"--input {root}: {len(media)} video/image files, {len(files) - len(media)} other "
+                  f"files skipped")
+        named += [(p, str(p.relative_to(root).with_suffix(""))) for p in media]
+    out, used = [], set()
+    for p, name in named:
+        unique, k = name, 1
+        while unique in used:
+            k += 1
+            unique = f"{name}~{k}"
+        used.add(unique)
+        out.append((p, unique))
+    return out
 
 
-def face_tracks_of(path: Path, args, models) -> tuple[int, list]:
-    """(number of frames looked at, tracks of FaceCrop): preprocess.extract_faces's own steps,
-    split in two so the number of sampled frames is known."""
-    indices, frames = preprocess.read_frames(path, args.frames)  # an image is one frame
-    return len(frames), preprocess.face_tracks(frames, indices, models)
+def save_crops(folder: Path, tracks: list[list[preprocess.FaceCrop]]) -> None:
+    """<folder>/person<k>/<frame>.png, replacing crops a past run left there."""
+    shutil.rmtree(folder, ignore_errors=True)
+    for k, track in enumerate(tracks):
+        (folder / f"person{k + 1}").mkdir(parents=True)
+        for c in track:
+            path = folder / f"person{k + 1}" / f"{c.frame}.png"
+            cv2.imwrite(str(path), cv2.cvtColor(c.image, cv2.COLOR_RGB2BGR))
+
+
+def row(path: Path, person: int | None = None, seen: int = 0, with_face: int = 0,
+        p_fake: float | None = None, note: str = "") -> dict:
+    """One line of predictions.csv."""
+    return {"file": str(path), "person": person, "frames_seen": seen,
+            "frames_with_face": with_face, "p_fake": p_fake, "note": note}
+
+
+def score_file(path: Path, crops_dir: Path | None, args, face_models, model: nn.Module) -> list[dict]:
+    """Print the verdict of one file; its rows for predictions.csv (a file row, then one per
+    person when several appear). No face or an unreadable file: said so, no score."""
+    try:
+        # preprocess.extract_faces's own two steps: the number of frames read is needed too
+        indices, frames = preprocess.read_frames(path, args.frames)   # an image is one frame
+        tracks = [t for t in preprocess.face_tracks(frames, indices, face_models) if t]
+    except Exception as e:  # one unreadable file must not stop a folder of them
+        print(f"{path}: cannot read ({type(e).__name__}: {e}); no score")
+        return [row(path, note=f"cannot read: {e}")]
+    if not tracks:
+        print(f"{path}: no face found in {len(frames)} frame(s); no score")
+        return [row(path, seen=len(frames), note="no face found")]
+    if crops_dir is not None:
+        save_crops(crops_dir, tracks)
+    device = torch.device(args.device)
+    persons = [float(predict(model, [c.image for c in t], device, args.batch_size, desc="crops").mean())
+               for t in tracks]
+    with_face = len({c.frame for t in tracks for c in t})
+    # the file's score is the main (largest) person's, the one preprocess.py keeps for the
+    # benchmarks: a stray one-frame detection (a poster, a logo) must not decide the verdict;
+    # but another person judged differently is said on the same line, never hidden
+    p_file = persons[0]
+    note = ""
+    if len(persons) > 1:
+        others = [f"person {k + 1} {verdict(p)}" for k, p in enumerate(persons) if k and
+                  verdict(p) != verdict(p_file)]
+        note = f"{len(persons)} people, score of person 1, the largest" + "".join(f"; {o}" for o in others)
+    print(f"{path}: p_fake {p_file:.4f} -> {verdict(p_file)} ({with_face}/{len(frames)} frames with a face"
+          + (f"; {note}" if note else "") + ")")
+    rows = [row(path, None, len(frames), with_face, p_file, note)]
+    if len(persons) > 1:
+        for k, (p, t) in enumerate(zip(persons, tracks)):
+            print(f"    person {k + 1}: p_fake {p:.4f} -> {verdict(p)} ({len(t)} frame{'s' * (len(t) > 1)})")
+            rows.append(row(path, k + 1, len(frames), len(t), p))
+    return rows
+
+
+def verdict(p_fake: float) -> str:
+    return "FAKE" if p_fake > 0.5 else "real"
 
 
 def score_files(args) -> list[dict]:
-    paths = list_inputs(args)
-    models = preprocess.load_face_models(args.landmarks)
+    """Score every file; predictions.csv (with --out) is written row by row, so a long folder
+    run that stops keeps what it scored."""
+    inputs = list_inputs(args)
+    face_models = preprocess.load_face_models(args.landmarks)
     model, _, _ = load_model(args, benchmark=False)
-    device = torch.device(args.device)
-    rows = []
-    for path in tqdm(paths, desc="files", unit="file", disable=None if len(paths) > 1 else True):
-        try:
-            n_seen, tracks = face_tracks_of(path, args, models)
-        except Exception as e:  # one unreadable file must not stop a folder of them
-            print(f"{path}: cannot read ({type(e).__name__}: {e}); no score")
-            rows.append({"file": str(path), "person": None, "frames_seen": 0,
-                         "frames_with_face": 0, "p_fake": None, "note": f"cannot read: {e}"})
-            continue
-        if n_seen == 0:
-            print(f"{path}: no frame could be decoded; no score")
-            rows.append({"file": str(path), "person": None, "frames_seen": 0,
-                         "frames_with_face": 0, "p_fake": None, "note": "no frame decoded"})
-            continue
-        tracks = [t for t in tracks if t]
-        if not tracks:
-            print(f"{path}: no face found in {n_seen} frame(s); no score")
-            rows.append({"file": str(path), "person": None, "frames_seen": n_seen,
-                         "frames_with_face": 0, "p_fake": None, "note": "no face found"})
-            continue
-        persons = []
-        for k, track in enumerate(tracks):
-            p = predict(model, [c.image for c in track], device, args.batch_size, 0, desc="crops")
-            persons.append((float(p.mean()), len(track)))
-            if args.save_crops:
-                folder = Path(args.save_crops) / path.stem / f"person{k + 1}"
-                folder.mkdir(parents=True, exist_ok=True)
-                for c in track:
-                    cv2.imwrite(str(folder / f"{c.frame}.png"), cv2.cvtColor(c.image, cv2.COLOR_RGB2BGR))
-        with_face = len({c.frame for t in tracks for c in t})
-        # the file's score is the main (largest) person's, as preprocess.py keeps for benchmarks;
-        # the others are listed: a spurious one-frame detection must not decide the verdict
-        p_video = persons[0][0]
-        verdict = "FAKE" if p_video > 0.5 else "real"
-        print(f"{path}: p_fake {p_video:.4f} -> {verdict} ({with_face}/{n_seen} frames with a face"
-              + (f"; {len(persons)} people, score of person 1, the largest" if len(persons) > 1 else "")
-              + ")")
-        rows.append({"file": str(path), "person": None, "frames_seen": n_seen,
-                     "frames_with_face": with_face, "p_fake": p_video, "note": ""})
-        if len(persons) > 1:
-            for k, (p, n) in enumerate(persons):
-                print(f"    person {k + 1}: p_fake {p:.4f} ({n} frame{'s' if n > 1 else ''})")
-                rows.append({"file": str(path), "person": k + 1, "frames_seen": n_seen,
-                             "frames_with_face": n, "p_fake": p, "note": ""})
+    csv_file = None
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        with open(out / "predictions.csv", "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(rows[0]))
-            w.writeheader()
-            w.writerows(rows)
-        print(f"written to {out / 'predictions.csv'}")
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        csv_file = open(Path(args.out) / "predictions.csv", "w", newline="")
+        writer = csv.DictWriter(csv_file, fieldnames=list(row(Path())))
+        writer.writeheader()
+    rows = []
+    try:
+        for path, name in tqdm(inputs, desc="files", unit="file", disable=None if len(inputs) > 1 else True):
+            crops_dir = Path(args.save_crops) / name if args.save_crops else None
+            new = score_file(path, crops_dir, args, face_models, model)
+            rows += new
+            if csv_file:
+                writer.writerows(new)
+                csv_file.flush()
+    finally:
+        if csv_file:
+            csv_file.close()
+            print(f"written to {csv_file.name}")
     return rows
 
 
@@ -567,6 +684,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--dataset {args.dataset}: expected all, {', '.join(ALL_DATASETS)}, or ff++-c40 etc.")
     if args.save_crops and not files:
         p.error("--save-crops goes with --video/--image/--input")
+    if args.save_crops and args.input and Path(args.save_crops).resolve().is_relative_to(Path(args.input).resolve()):
+        p.error("--save-crops inside --input: the next run would score the crops as images")
     return args
 
 
