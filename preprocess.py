@@ -15,16 +15,21 @@ always run on the full-resolution frame, so the crops are the reference crops.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import functools
 import glob
 import importlib.util
 import io
 import json
+import multiprocessing as mp
 import os
 import shutil
 import sys
 import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,7 +119,8 @@ def load_face_models(landmarks: str | None = None) -> FaceModels:
     try:
         predictor = dlib.shape_predictor(str(path))
     except RuntimeError as e:
-        raise SystemExit(f"error: cannot load landmark model {path}: {e}")
+        raise SystemExit(f"error: cannot load landmark model {path} (expected a dlib shape "
+                         f"predictor .dat, 68 or 81 points): {e}")
     # the number of points is only visible on a prediction
     parts = predictor(np.zeros((8, 8, 3), np.uint8), dlib.rectangle(0, 0, 7, 7)).num_parts
     if parts < 68:
@@ -441,6 +447,16 @@ def _layout_error(dataset: str, root: Path, expected: str, probe: str = "") -> L
                        f"found: {found}")
 
 
+@contextlib.contextmanager
+def _reading(path: Path, expected: str):
+    """A malformed listing file (split files, labels.csv, dataset.json) -> one LayoutError
+    naming the file and what it should hold, instead of a traceback from deep in the parser."""
+    try:
+        yield
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
+        raise LayoutError(f"{path} is not {expected} ({type(e).__name__}: {e})") from None
+
+
 def _media(folder: Path, recursive: bool = True, images: bool = False) -> list[Path]:
     exts = VIDEO_EXTS | (IMAGE_EXTS if images else set())
     files = folder.rglob("*") if recursive else folder.glob("*")
@@ -449,15 +465,26 @@ def _media(folder: Path, recursive: bool = True, images: bool = False) -> list[P
 
 
 def _uniquify(videos: list[Video], roots: dict[str, Path]) -> list[Video]:
-    """Video ids are file stems; where two files of one split/source share a stem, their path
-    relative to the source folder (with '__' for '/') is used instead."""
-    seen: dict[tuple, int] = {}
+    """Video ids are file stems; where files of one split/source share a stem, their path
+    below the source folder ('__' for '/') is used instead, with the extension where even that
+    is shared (clip.mp4 and clip.png): one output folder per file, none overwritten."""
+    for keep_suffix in (False, True):
+        count = Counter((v.split, v.source, v.video_id) for v in videos)
+        for v in videos:
+            if count[(v.split, v.source, v.video_id)] > 1:
+                rel = v.file.relative_to(roots[v.source])
+                v.video_id = "__".join((rel if keep_suffix else rel.with_suffix("")).parts)
+    return videos
+
+
+def _check_unique(videos: list[Video]) -> list[Video]:
+    """Two files with one output folder would overwrite each other's crops: stop instead."""
+    first: dict[tuple[str, str, str], Path] = {}
     for v in videos:
-        seen[(v.split, v.source, v.video_id)] = seen.get((v.split, v.source, v.video_id), 0) + 1
-    for v in videos:
-        if seen[(v.split, v.source, v.video_id)] > 1:
-            rel = v.file.relative_to(roots[v.source]).with_suffix("")
-            v.video_id = "__".join(rel.parts)
+        other = first.setdefault((v.split, v.source, v.video_id), v.file)
+        if other != v.file:
+            raise LayoutError(f"{other} and {v.file} would both be written to "
+                              f"{v.split}/{v.source}/{v.video_id}; rename one of them")
     return videos
 
 
@@ -477,8 +504,10 @@ def _ffpp_splits(root: Path, splits_dir: str | None) -> dict[str, str]:
             "them there or pass --splits DIR")
     split_of = {}
     for split in ("train", "val", "test"):
-        for a, b in json.loads((d / f"{split}.json").read_text()):
-            split_of.update({a: split, b: split, f"{a}_{b}": split, f"{b}_{a}": split})
+        path = d / f"{split}.json"
+        with _reading(path, 'a JSON list of ["target", "source"] id pairs'):
+            for a, b in json.loads(path.read_text()):
+                split_of.update({a: split, b: split, f"{a}_{b}": split, f"{b}_{a}": split})
     return split_of
 
 
@@ -528,7 +557,8 @@ def _list_cdfv2(root: Path) -> list[Video]:
     expected = "Celeb-real/, Celeb-synthesis/, YouTube-real/ and List_of_testing_videos.txt"
     if not listing.is_file() or not all((root / s).is_dir() for s in sources):
         raise _layout_error("Celeb-DF-v2", root, expected)
-    test = {line.split()[1] for line in listing.read_text().splitlines() if line.strip()}
+    with _reading(listing, "lines '<1|0> <folder>/<file>.mp4'"):
+        test = {line.split()[1] for line in listing.read_text().splitlines() if line.strip()}
     videos = []
     for source, label in sources.items():
         for f in _media(root / source, recursive=False):
@@ -547,7 +577,8 @@ def _list_dfdc(root: Path) -> list[Video]:
                             "videos under test/", "test")
     files = {f.name: f for f in _media(test)}
     videos, missing = [], []
-    with open(labels, newline="") as fh:
+    with open(labels, newline="") as fh, _reading(labels, "a CSV with columns filename,label "
+                                                           "(label 1 = fake, 0 = real)"):
         for row in csv.DictReader(fh):
             f = files.get(Path(row["filename"]).name)
             if f is None:
@@ -570,14 +601,15 @@ def _list_dfdcp(root: Path) -> list[Video]:
         raise _layout_error("DFDC-Preview", root, "dataset.json and the video folders it "
                             "lists (method_A/, method_B/, original_videos/)")
     videos, roots = [], {}
-    for rel, info in json.loads(index.read_text()).items():
-        f = root / rel
-        if not f.is_file():
-            continue
-        source = Path(rel).parts[0]
-        roots[source] = root / source
-        split = "train" if info.get("set", "test") == "train" else "test"
-        videos.append(Video(split, source, f.stem, int(info["label"] == "fake"), f))
+    with _reading(index, 'a JSON object {"<video path>": {"label": "real"|"fake", "set": ...}}'):
+        for rel, info in json.loads(index.read_text()).items():
+            f = root / rel
+            if not f.is_file():
+                continue
+            source = Path(rel).parts[0]
+            roots[source] = root / source
+            split = "train" if info.get("set", "test") == "train" else "test"
+            videos.append(Video(split, source, f.stem, int(info["label"] == "fake"), f))
     if not videos:
         raise _layout_error("DFDC-Preview", root, "the videos listed in dataset.json")
     return _uniquify(videos, roots)
@@ -598,11 +630,11 @@ def _list_ffiw(root: Path) -> list[Video]:
     return videos
 
 
-def _list_sources(root: Path, name: str, images: bool) -> list[Video]:
-    """dsv1 / folder: root[/<split>]/<source>/**/<video>; 'real' in the source name = real."""
-    if not root.is_dir():
-        raise _layout_error(name, root, "one sub-folder per source with videos inside")
-    split_dirs = [root / s for s in ("train", "val", "test") if (root / s).is_dir()]
+def _list_sources(root: Path, name: str, splits: bool, images: bool) -> list[Video]:
+    """dsv1: root[/<split>]/<source>/**/<video>; folder: root/<source>/**/<video or image>,
+    all test (a source folder named test or train is a source there). 'real' in the source
+    name = real."""
+    split_dirs = [root / s for s in ("train", "val", "test") if splits and (root / s).is_dir()]
     bases = [(d.name, d) for d in split_dirs] or [("test", root)]
     videos, roots = [], {}
     for split, base in bases:
@@ -612,8 +644,9 @@ def _list_sources(root: Path, name: str, images: bool) -> list[Video]:
                 videos.append(Video(split, src.name, f.stem, int("real" not in src.name.lower()),
                                     f))
     if not videos:
+        where = ", optionally under train/ and test/" if splits else ""
         raise _layout_error(name, root, "<source>/<videos> sub-folders ('real' in a source "
-                            "name = real, anything else fake), optionally under train/ and test/")
+                            f"name = real, anything else fake){where}")
     return _uniquify(videos, roots)
 
 
@@ -622,23 +655,27 @@ def list_videos(dataset: str, root, compression: str = "c23",
     """Every video of a dataset in its official layout, with split, source and label.
     Raises LayoutError (one message: what was expected, what was found) for a wrong root."""
     root = Path(root)
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}, expected one of {', '.join(DATASETS)}")
     if not root.is_dir():
-        raise LayoutError(f"--root {root} for {dataset} is not a folder")
+        raise LayoutError(f"--root {root} for {dataset}: expected a folder; "
+                          f"found: {_listing(root)}")
     if dataset == "ff++":
-        return _list_ffpp(root, compression, splits_dir)
-    if dataset == "dfd":
-        return _list_dfd(root, compression)
-    if dataset == "cdfv2":
-        return _list_cdfv2(root)
-    if dataset == "dfdc":
-        return _list_dfdc(root)
-    if dataset == "dfdcp":
-        return _list_dfdcp(root)
-    if dataset == "ffiw":
-        return _list_ffiw(root)
-    if dataset in ("dsv1", "folder"):
-        return _list_sources(root, dataset, images=dataset == "folder")
-    raise ValueError(f"unknown dataset {dataset!r}, expected one of {', '.join(DATASETS)}")
+        videos = _list_ffpp(root, compression, splits_dir)
+    elif dataset == "dfd":
+        videos = _list_dfd(root, compression)
+    elif dataset == "cdfv2":
+        videos = _list_cdfv2(root)
+    elif dataset == "dfdc":
+        videos = _list_dfdc(root)
+    elif dataset == "dfdcp":
+        videos = _list_dfdcp(root)
+    elif dataset == "ffiw":
+        videos = _list_ffiw(root)
+    else:  # dsv1 may have train/ and test/ folders; folder is all test and holds images too
+        videos = _list_sources(root, dataset, splits=dataset == "dsv1",
+                               images=dataset == "folder")
+    return _check_unique(videos)
 
 
 def output_name(dataset: str, compression: str = "c23") -> str:
@@ -667,9 +704,7 @@ class Result:
     job: Job
     status: str            # "done" | "failed"
     reason: str = ""
-    n_sampled: int = 0     # frames decoded and searched
-    n_written: int = 0     # crops written
-    seconds: float = 0.0
+    n_sampled: int = 0     # frames decoded and searched (for frames/s)
 
 
 def tmp_dir(out_dir: Path) -> Path:
@@ -691,42 +726,49 @@ def _reference_people(frames, indices, models, size, scale) -> list[list[FaceCro
     return [crops] if crops else []
 
 
+def _masks_at(path: Path, indices: list[int], shape: tuple[int, int]) -> dict[int, np.ndarray]:
+    """The manipulation mask video's frames at `indices`, [H, W] uint8 at the video's size."""
+    masks = _read_at(path, indices, gray=True)
+    return {i: m if m.shape == shape else
+            cv2.resize(m, shape[::-1], interpolation=cv2.INTER_NEAREST) for i, m in masks.items()}
+
+
+def _write_video(out_dir: Path, crops: list[FaceCrop], meta: dict) -> None:
+    """Crops + meta.json into a temporary folder, renamed to `out_dir` only when complete."""
+    tmp = tmp_dir(out_dir)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for c in crops:
+        path = tmp / f"{c.frame}.png"
+        if not cv2.imwrite(str(path), cv2.cvtColor(c.image, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"cannot write {path}")  # cv2 reports failure only by its result
+    (tmp / "meta.json").write_text(json.dumps(meta))
+    if out_dir.exists():  # a folder without meta.json: not finished, replace it
+        shutil.rmtree(out_dir)
+    os.rename(tmp, out_dir)
+
+
 def process_video(job: Job, models: FaceModels) -> Result:
     """Decode, find and track faces, keep one person, write crops + meta.json atomically."""
-    t0 = time.time()
     v = job.video
     try:
         indices, frames = read_frames(v.file, job.n_frames)
     except Exception as e:  # one bad video must not stop the run
-        return Result(job, "failed", f"unreadable: {e}", seconds=time.time() - t0)
+        return Result(job, "failed", f"unreadable: {e}")
     if job.reference:
         people = _reference_people(frames, indices, models, job.size, job.scale)
     else:
         people = face_tracks(frames, indices, models, job.size, job.scale, job.detect_side)
     if not people:
-        return Result(job, "failed", f"no face in {len(indices)} sampled frames",
-                      len(indices), seconds=time.time() - t0)
-    masks = None
+        return Result(job, "failed", f"no face in {len(indices)} sampled frames", len(indices))
+    masks = None  # only needed to choose between people
     if v.mask is not None and len(people) > 1:
-        masks = _read_at(v.mask, indices, gray=True)
-        masks = {i: m if m.shape == frames[0].shape[:2] else
-                 cv2.resize(m, frames[0].shape[1::-1], interpolation=cv2.INTER_NEAREST)
-                 for i, m in masks.items()}
+        masks = _masks_at(v.mask, indices, frames[0].shape[:2])
     chosen = select_person(people, masks)
     crops = people[chosen]
-
-    tmp = tmp_dir(job.out_dir)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for c in crops:
-        cv2.imwrite(str(tmp / f"{c.frame}.png"), cv2.cvtColor(c.image, cv2.COLOR_RGB2BGR))
-    try:
-        rel = str(v.file.relative_to(job.root))
-    except ValueError:
-        rel = str(v.file)
     meta = {
         "dataset": job.dataset, "split": v.split, "source": v.source, "video_id": v.video_id,
-        "label": v.label, "file": rel,
+        "label": v.label, "file": _rel(v.file, job.root),
         "frames": [c.frame for c in crops],
         "boxes": [[round(x, 2) for x in c.box] for c in crops],
         "keypoints": [np.round(c.keypoints, 2).tolist() for c in crops],
@@ -734,15 +776,13 @@ def process_video(job: Job, models: FaceModels) -> Result:
         "matrices": [np.round(c.matrix, 6).tolist() for c in crops],
         "n_frames": len(crops), "n_sampled": len(indices),
         "n_no_face": len(indices) - len(crops), "sampled_frames": indices,
-        "n_people": len(people), "person": chosen, "mask_used": bool(masks),
+        "n_people": len(people), "person": chosen,
+        "mask_used": bool(masks) and mask_overlap(crops, masks) > 0,  # the mask chose
         "size": job.size, "scale": job.scale, "reference": job.reference,
         "landmarks": Path(models.landmarks).name,
     }
-    (tmp / "meta.json").write_text(json.dumps(meta))
-    if job.out_dir.exists():  # a folder without meta.json: not finished, replace it
-        shutil.rmtree(job.out_dir)
-    os.rename(tmp, job.out_dir)
-    return Result(job, "done", "", len(indices), len(crops), time.time() - t0)
+    _write_video(job.out_dir, crops, meta)
+    return Result(job, "done", "", len(indices))
 
 
 _MODELS: FaceModels | None = None  # per worker process
@@ -805,6 +845,74 @@ def write_index(split_dir: Path) -> int:
     return len(rows)
 
 
+def _select(videos: list[Video], split: str | None, limit: int | None,
+            where: str) -> list[Video]:
+    """Only `split` (when given); at most `limit` videos per split and source (a quick subset
+    for smoke runs)."""
+    if split:
+        splits = sorted({v.split for v in videos})
+        if split not in splits:
+            raise LayoutError(f"{where} has no split {split!r}; found: {', '.join(splits)}")
+        videos = [v for v in videos if v.split == split]
+    if limit:
+        count: Counter = Counter()
+        kept = []
+        for v in videos:
+            count[(v.split, v.source)] += 1
+            if count[(v.split, v.source)] <= limit:
+                kept.append(v)
+        videos = kept
+    return videos
+
+
+@contextlib.contextmanager
+def _results(jobs: list[Job], workers: int, landmarks: str | None):
+    """Each job's Result as it finishes, in this process (workers=1) or in a process pool."""
+    if workers == 1:
+        _init_worker(landmarks, single_thread=False)
+        yield map(_run_job, jobs)
+        return
+    # an executor (not multiprocessing.Pool) so that a worker killed by the system (out of
+    # memory) stops the run with BrokenProcessPool instead of hanging it; spawn, because a
+    # fork after threads were started (tqdm, cv2) can deadlock
+    pool = ProcessPoolExecutor(workers, mp.get_context("spawn"), initializer=_init_worker,
+                               initargs=(landmarks,))
+    try:
+        yield (f.result() for f in as_completed([pool.submit(_run_job, j) for j in jobs]))
+    except BaseException:  # Ctrl-C or a dead worker: drop the queued videos, stop now
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        pool.shutdown()
+
+
+def _process(jobs: list[Job], workers: int, landmarks: str | None, desc: str, root: Path,
+             failures: dict, fail_path: Path) -> tuple[int, int]:
+    """Run the jobs under a progress bar (videos, frames/s); a failure is written to
+    failures.csv at once, so that a killed run keeps it. Returns (done, failed)."""
+    done = failed = frames = 0
+    t0 = time.time()
+    with _results(jobs, workers, landmarks) as results, \
+            tqdm(total=len(jobs), desc=desc, unit="video", dynamic_ncols=True) as bar:
+        for r in results:
+            v = r.job.video
+            key = (v.split, v.source, v.video_id)
+            frames += r.n_sampled
+            if r.status == "done":
+                done += 1
+                failures.pop(key, None)
+            else:
+                failed += 1
+                failures[key] = {"split": v.split, "source": v.source, "video_id": v.video_id,
+                                 "file": _rel(v.file, root), "reason": r.reason}
+                _write_atomic(fail_path, _csv_text(FAILURE_FIELDS, list(failures.values())))
+                tqdm.write(f"failed: {v.file}: {r.reason}")
+            bar.update(1)
+            bar.set_postfix(frames_s=f"{frames / max(time.time() - t0, 1e-9):.1f}",
+                            failed=failed)
+    return done, failed
+
+
 def run_dataset(dataset: str, root, out="data", split: str | None = None,
                 n_frames: int = 32, size: int = 256, scale: float = 1.3,
                 workers: int | None = None, landmarks: str | None = None,
@@ -814,21 +922,8 @@ def run_dataset(dataset: str, root, out="data", split: str | None = None,
     """Process one dataset; returns counts {"done", "skipped", "failed", "total"}.
     `limit`: at most that many videos per split and source (a quick subset for smoke runs)."""
     root = Path(root)
-    videos = list_videos(dataset, root, compression, splits_dir)
-    if split:
-        splits = sorted({v.split for v in videos})
-        if split not in splits:
-            raise LayoutError(f"{dataset} at {root} has no split {split!r}; "
-                              f"found: {', '.join(splits)}")
-        videos = [v for v in videos if v.split == split]
-    if limit:  # the first `limit` videos of each split and source
-        count: dict[tuple[str, str], int] = {}
-        kept = []
-        for v in videos:
-            count[(v.split, v.source)] = count.get((v.split, v.source), 0) + 1
-            if count[(v.split, v.source)] <= limit:
-                kept.append(v)
-        videos = kept
+    videos = _select(list_videos(dataset, root, compression, splits_dir), split, limit,
+                     f"{dataset} at {root}")
     name = output_name(dataset, compression)
     ds_dir = Path(out) / name
     ds_dir.mkdir(parents=True, exist_ok=True)
@@ -838,10 +933,9 @@ def run_dataset(dataset: str, root, out="data", split: str | None = None,
     jobs, skipped, skipped_failed = [], 0, 0
     for v in videos:
         out_dir = ds_dir / v.split / v.source / v.video_id
-        key = (v.split, v.source, v.video_id)
         if is_finished(out_dir):
             skipped += 1
-        elif key in failures and not retry_failed:
+        elif (v.split, v.source, v.video_id) in failures and not retry_failed:
             skipped_failed += 1
         else:
             jobs.append(Job(v, out_dir, root, name, n_frames, size, scale, detect_side,
@@ -850,51 +944,8 @@ def run_dataset(dataset: str, root, out="data", split: str | None = None,
           f"{skipped_failed} failed before (--retry-failed to redo), {len(jobs)} to process")
 
     workers = max(1, min(workers or _cpu_count(), len(jobs) or 1))
-    done = failed = frames = 0
-    t0 = time.time()
-    bar = tqdm(total=len(jobs), desc=name, unit="video", dynamic_ncols=True)
-    pool = None
-    if workers == 1:
-        _init_worker(landmarks, single_thread=False)
-        results = map(_run_job, jobs)
-    else:
-        # an executor (not multiprocessing.Pool) so that a worker killed by the system (out of
-        # memory) stops the run with an error instead of hanging it
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-        pool = ProcessPoolExecutor(
-            workers, mp.get_context("spawn"),  # fork after threads (tqdm, cv2) can deadlock
-            initializer=_init_worker, initargs=(landmarks,))
-        results = (f.result() for f in as_completed([pool.submit(_run_job, j) for j in jobs]))
-    try:
-        for r in results:
-            key = (r.job.video.split, r.job.video.source, r.job.video.video_id)
-            frames += r.n_sampled
-            if r.status == "done":
-                done += 1
-                failures.pop(key, None)
-            else:
-                failed += 1
-                failures[key] = {"split": key[0], "source": key[1], "video_id": key[2],
-                                 "file": _rel(r.job.video.file, root), "reason": r.reason}
-                _write_atomic(fail_path, _csv_text(FAILURE_FIELDS, list(failures.values())))
-                tqdm.write(f"failed: {r.job.video.file}: {r.reason}")
-            bar.update(1)
-            bar.set_postfix(frames_s=f"{frames / max(time.time() - t0, 1e-9):.1f}",
-                            failed=failed)
-    except BaseException as e:  # Ctrl-C or a dead worker: stop now; temp folders are redone
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
-        if type(e).__name__ == "BrokenProcessPool":
-            raise SystemExit(f"error: a worker process died ({e}); finished videos are kept, "
-                             "run the same command again to continue (fewer --workers if "
-                             "memory ran out)")
-        raise
-    finally:
-        bar.close()
-        if pool is not None:
-            pool.shutdown()
-    if failures or fail_path.exists():
+    done, failed = _process(jobs, workers, landmarks, name, root, failures, fail_path)
+    if failures or fail_path.exists():  # retried videos that now succeeded leave the file
         _write_atomic(fail_path, _csv_text(FAILURE_FIELDS, list(failures.values())))
     for s in sorted({v.split for v in videos}):
         if (ds_dir / s).is_dir():
@@ -921,27 +972,43 @@ def _cpu_count() -> int:
         return os.cpu_count() or 1
 
 
+def _default_roots(name: str, base) -> list[Path]:
+    """Where the no-argument mode looks for a dataset (DEFAULT_ROOTS, under `base`)."""
+    return [Path(base) / Path(rel).relative_to("datasets") for rel in DEFAULT_ROOTS[name]]
+
+
+def find_dataset(name: str, base="datasets", compression: str = "c23",
+                 splits_dir: str | None = None) -> tuple[Path | None, str]:
+    """The dataset's usual folder under `base`: (root, "") when its layout is right, else
+    (None, why not)."""
+    why = ""
+    for root in _default_roots(name, base):
+        if root.is_dir():
+            try:
+                list_videos(name, root, compression, splits_dir)
+                return root, ""
+            except LayoutError as e:
+                why = str(e)
+    return None, why
+
+
 def find_datasets(base="datasets", compression: str = "c23",
                   splits_dir: str | None = None) -> dict[str, tuple[Path | None, str]]:
-    """Each dataset's usual folder under `base`: (root, "") when its layout is right, else
-    (None, why not)."""
-    found = {}
-    for name, candidates in DEFAULT_ROOTS.items():
-        found[name] = (None, "")
-        for rel in candidates:
-            root = Path(base) / Path(rel).relative_to("datasets")
-            if root.is_dir():
-                try:
-                    list_videos(name, root, compression, splits_dir)
-                except LayoutError as e:
-                    found[name] = (None, str(e))
-                    continue
-                found[name] = (root, "")
-                break
-    return found
+    """find_dataset for every dataset."""
+    return {name: find_dataset(name, base, compression, splits_dir) for name in DATASETS}
 
 
 # ----------------------------------------------------------------------------- command line
+
+def _positive(cast):
+    """argparse type: a number > 0 (0 or -3 frames would fail every video, later)."""
+    def parse(text: str):
+        value = cast(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
+        return value
+    return parse
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -950,11 +1017,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--root", help="dataset folder; omitted: its usual folder under datasets/")
     p.add_argument("--out", default="data", help="output folder (data)")
     p.add_argument("--split", help="only this split (e.g. test); omitted: all splits")
-    p.add_argument("--frames", type=int, default=32,
+    p.add_argument("--frames", type=_positive(int), default=32,
                    help="frames per video at linspace(0, n-1, frames) (32)")
-    p.add_argument("--size", type=int, default=256, help="crop size S (256)")
-    p.add_argument("--scale", type=float, default=1.3, help="margin scale (1.3)")
-    p.add_argument("--workers", type=int, default=_cpu_count(),
+    p.add_argument("--size", type=_positive(int), default=256, help="crop size S (256)")
+    p.add_argument("--scale", type=_positive(float), default=1.3, help="margin scale (1.3)")
+    p.add_argument("--workers", type=_positive(int), default=_cpu_count(),
                    help="processes, one video each (all cores)")
     p.add_argument("--landmarks", help="dlib shape predictor .dat (68 or 81 points); omitted: "
                                        "the 68-point model of face-recognition-models")
@@ -962,58 +1029,75 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="FF++/DFD quality (c23)")
     p.add_argument("--splits", help="folder with the FF++ train/val/test.json split files; "
                                     "omitted: looked for under --root")
-    p.add_argument("--detect-side", type=int, default=640,
+    p.add_argument("--detect-side", type=_positive(int), default=640,
                    help="longest side of the downscaled copy faces are detected on (640)")
     p.add_argument("--reference", action="store_true",
                    help="reference procedure per frame (full frame, upsample 1, largest face, "
                         "no tracking); slow, for comparisons")
     p.add_argument("--retry-failed", action="store_true",
                    help="process the videos listed in failures.csv again")
-    p.add_argument("--limit", type=int, default=None,
-                   help="at most N videos per split and source (a quick subset, e.g. for a smoke run)")
+    p.add_argument("--limit", type=_positive(int), default=None,
+                   help="at most N videos per split and source (a quick subset, e.g. for a "
+                        "smoke run)")
     p.add_argument("--datasets-dir", default="datasets",
                    help="where to look for datasets when --dataset or --root is omitted "
                         "(datasets)")
     return p.parse_args(argv)
 
 
-def main(argv=None) -> int:
-    a = parse_args(argv)
+def _report(found: dict[str, tuple[Path | None, str]], base: str) -> None:
+    """Which datasets the no-argument mode found, and for the others where to get them."""
+    for name, (root, why) in found.items():
+        if root is not None:
+            print(f"found   {name:7s} {root}")
+        else:
+            tried = ", ".join(str(r) for r in _default_roots(name, base))
+            print(f"missing {name:7s} (looked in {tried}) -> {WHERE_TO_GET[name]}"
+                  + (f"\n        not usable: {why}" if why else ""))
+
+
+def _run(a: argparse.Namespace) -> None:
     opts = dict(out=a.out, split=a.split, n_frames=a.frames, size=a.size, scale=a.scale,
                 workers=a.workers, landmarks=a.landmarks, compression=a.compression,
                 splits_dir=a.splits, detect_side=a.detect_side, reference=a.reference,
                 retry_failed=a.retry_failed, limit=a.limit)
-    load_face_models(a.landmarks)  # fail early on a missing landmark file
-    try:
-        if a.dataset:
-            root = a.root
+    if a.dataset:
+        root = a.root
+        if root is None:
+            root, why = find_dataset(a.dataset, a.datasets_dir, a.compression, a.splits)
             if root is None:
-                root, why = find_datasets(a.datasets_dir, a.compression, a.splits)[a.dataset]
-                if root is None:
-                    tried = ", ".join(DEFAULT_ROOTS[a.dataset])
-                    raise SystemExit(f"error: {a.dataset} not found (looked in {tried}"
-                                     + (f"; {why}" if why else "") + "); pass --root PATH. "
-                                     f"Get it: {WHERE_TO_GET[a.dataset]}")
-            run_dataset(a.dataset, root, **opts)
-            return 0
-        if a.root:
-            raise SystemExit("error: --root needs --dataset (which dataset is at that root?)")
-        found = find_datasets(a.datasets_dir, a.compression, a.splits)
-        for name, (root, why) in found.items():
-            if root is not None:
-                print(f"found   {name:7s} {root}")
-            else:
-                tried = ", ".join(str(Path(a.datasets_dir) / Path(r).relative_to("datasets"))
-                                  for r in DEFAULT_ROOTS[name])
-                print(f"missing {name:7s} (looked in {tried}) -> {WHERE_TO_GET[name]}"
-                      + (f"\n        not usable: {why}" if why else ""))
-        if not any(root for root, _ in found.values()):
-            raise SystemExit(f"error: no dataset found under {a.datasets_dir}/; put them in "
-                             "the folders above or pass --dataset NAME --root PATH")
-        for name, (root, _) in found.items():
-            if root is not None:
-                run_dataset(name, root, **opts)
+                tried = ", ".join(str(r) for r in _default_roots(a.dataset, a.datasets_dir))
+                raise SystemExit(f"error: {a.dataset} not found (looked in {tried}"
+                                 + (f"; {why}" if why else "") + "); pass --root PATH. "
+                                 f"Get it: {WHERE_TO_GET[a.dataset]}")
+        run_dataset(a.dataset, root, **opts)
+        return
+    if a.root:
+        raise SystemExit("error: --root needs --dataset (which dataset is at that root?)")
+    found = find_datasets(a.datasets_dir, a.compression, a.splits)
+    _report(found, a.datasets_dir)
+    if not any(root for root, _ in found.values()):
+        raise SystemExit(f"error: no dataset found under {a.datasets_dir}/; put them in "
+                         "the folders above or pass --dataset NAME --root PATH")
+    for name, (root, _) in found.items():
+        if root is not None:
+            run_dataset(name, root, **opts)
+
+
+def main(argv=None) -> int:
+    a = parse_args(argv)
+    load_face_models(a.landmarks)  # fail early on a missing landmark file
+    again = "finished videos are kept; run the same command again to continue"
+    try:
+        _run(a)
     except LayoutError as e:
+        raise SystemExit(f"error: {e}")
+    except KeyboardInterrupt:
+        raise SystemExit(f"interrupted: {again}")
+    except BrokenProcessPool as e:
+        raise SystemExit(f"error: a worker process died ({e}); {again} "
+                         "(with fewer --workers if memory ran out)")
+    except OSError as e:  # unwritable --out, full disk, unreadable dataset folder
         raise SystemExit(f"error: {e}")
     return 0
 

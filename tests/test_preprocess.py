@@ -308,6 +308,49 @@ def test_layout_dsv1_and_folder(tmp_path):
         ("test", "my_real_clips", "a", 0)]
 
 
+def test_layout_same_stem_never_shares_a_folder(tmp_path):
+    """clip.mp4 and clip.png of one source get their own folders; a folder named test inside
+    a `folder` dataset is a source (folder has no splits); ids that would still collide stop
+    the listing instead of overwriting each other's crops."""
+    U.touch(tmp_path / "fake" / "clip.mp4")
+    U.touch(tmp_path / "fake" / "clip.png")
+    U.touch(tmp_path / "test" / "x.mp4")
+    vids = P.list_videos("folder", tmp_path)
+    assert sorted((v.split, v.source, v.video_id) for v in vids) == [
+        ("test", "fake", "clip.mp4"), ("test", "fake", "clip.png"), ("test", "test", "x")]
+    U.touch(tmp_path / "fake" / "a__b.mp4")
+    U.touch(tmp_path / "fake" / "a" / "b.mp4")
+    U.touch(tmp_path / "fake" / "c" / "b.mp4")
+    with pytest.raises(P.LayoutError, match="would both be written to test/fake/a__b.mp4"):
+        P.list_videos("folder", tmp_path)
+
+
+@pytest.mark.parametrize("dataset", ["ff++", "cdfv2", "dfdc", "dfdcp"])
+def test_malformed_listing_file_is_one_error(tmp_path, dataset):
+    """A broken split/label file names itself and what it should hold (no traceback)."""
+    if dataset == "ff++":
+        _ffpp_tree(tmp_path)
+        (tmp_path / "val.json").write_text('[["002"]]')
+        bad = "val.json"
+    elif dataset == "cdfv2":
+        for s in ("Celeb-real", "Celeb-synthesis", "YouTube-real"):
+            U.touch(tmp_path / s / "a.mp4")
+        (tmp_path / "List_of_testing_videos.txt").write_text("Celeb-real/a.mp4\n")
+        bad = "List_of_testing_videos.txt"
+    elif dataset == "dfdc":
+        U.touch(tmp_path / "test" / "a.mp4")
+        (tmp_path / "test" / "labels.csv").write_text("filename,is_fake\na.mp4,1\n")
+        bad = "labels.csv"
+    else:
+        U.touch(tmp_path / "a.mp4")
+        (tmp_path / "dataset.json").write_text('{"a.mp4": {"label": "fake"')
+        bad = "dataset.json"
+    with pytest.raises(P.LayoutError, match=f"{bad} is not "):
+        P.list_videos(dataset, tmp_path)
+    with pytest.raises(SystemExit, match=f"^error: .*{bad} is not "):
+        P.main(["--dataset", dataset, "--root", str(tmp_path), "--out", str(tmp_path / "o")])
+
+
 @pytest.mark.parametrize("dataset", P.DATASETS)
 def test_wrong_root_says_expected_and_found(tmp_path, dataset):
     (tmp_path / "holiday_photos").mkdir()
@@ -422,6 +465,46 @@ def test_folder_dataset_with_workers(face_video, tmp_path, capsys):
     assert "failed 0" in capsys.readouterr().out
     with pytest.raises(SystemExit, match="no split 'train'"):
         P.main(["--dataset", "folder", "--root", str(root), "--out", str(out), "--split", "train"])
+
+
+def test_odd_but_legal_inputs(tmp_path, capsys):
+    """Spaces in paths, upper-case extensions, .avi, a 1-frame video, an all-black video, a
+    video and an image with one stem, and a half-written video folder from an old run."""
+    root = tmp_path / "my data"
+    real = root / "real clips"
+    U.write_video(real / "black.mp4", [np.zeros((120, 160, 3), np.uint8)] * 3)
+    U.write_video(real / "one.MP4", U.face_frames(1, (320, 240), seed=7))
+    U.write_video(real / "clip.avi", U.face_frames(2, (320, 240), seed=8), fourcc="MJPG")
+    cv2.imwrite(str(real / "clip.png"),
+                cv2.cvtColor(U.face_frames(1, (320, 240), seed=9)[0], cv2.COLOR_RGB2BGR))
+    out = tmp_path / "out dir"
+    stale = out / "folder" / "test" / "real clips" / "one"
+    U.touch(stale / "99.png")  # no meta.json: not finished, so it is redone from scratch
+    assert P.main(["--dataset", "folder", "--root", str(root), "--out", str(out),
+                   "--workers", "1"]) == 0
+    assert "done 3, skipped 0 (0 failed before), failed 1" in capsys.readouterr().out
+    rows = {r["video_id"]: r for r in read_csv(out / "folder" / "test" / "index.csv")}
+    assert {k: r["n_frames"] for k, r in rows.items()} == \
+        {"one": "1", "clip.avi": "2", "clip.png": "1"}
+    assert rows["one"]["file"] == "real clips/one.MP4" and rows["one"]["path"] == "real clips/one"
+    assert sorted(p.name for p in stale.iterdir()) == ["0.png", "meta.json"]
+    failures = read_csv(out / "folder" / "failures.csv")
+    assert [(f["video_id"], f["reason"]) for f in failures] == [("black", "no face in 3 sampled frames")]
+
+
+def test_bad_command_lines_are_one_line_errors(tmp_path, capsys):
+    U.touch(tmp_path / "mine" / "real" / "a.mp4")
+    common = ["--dataset", "folder", "--workers", "1"]
+    with pytest.raises(SystemExit):
+        P.main(common + ["--root", str(tmp_path / "mine"), "--frames", "0"])
+    assert "--frames: expected a number > 0, got 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=r"expected a folder; found: .*a.mp4 is a file"):
+        P.main(common + ["--root", str(tmp_path / "mine" / "real" / "a.mp4")])
+    (tmp_path / "taken").write_text("a file, not a folder")
+    with pytest.raises(SystemExit, match="^error: .*taken"):
+        P.main(common + ["--root", str(tmp_path / "mine"), "--out", str(tmp_path / "taken")])
+    with pytest.raises(SystemExit, match="expected a dlib shape predictor"):
+        P.load_face_models(str(tmp_path / "taken"))
 
 
 def test_no_arguments_scans_datasets_dir(tmp_path, monkeypatch, capsys):
