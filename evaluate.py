@@ -238,6 +238,7 @@ def load_model(args, benchmark: bool) -> tuple[nn.Module, str, str]:
 
 
 def load_trained_detector(args, benchmark: bool) -> tuple[nn.Module, str, str]:
+    """(detector of --checkpoint or the default one, a label for tables, the default output folder)."""
     source = choose_checkpoint(args, benchmark)
     path = Path(source)
     if source != "authors" and not path.is_file():
@@ -544,8 +545,8 @@ def list_inputs(args) -> list[tuple[Path, str]]:
         if not media:
             raise SystemExit(f"--input {root}: no video or image file ({' '.join(sorted(exts))}) found")
         if len(media) < len(files):
-            print(f"--input {root}: {len(media)} video/image files, {len(files) - len(media)} other "
-                  f"files skipped")
+            print(f"--input {root}: {len(media)} video/image file(s), {len(files) - len(media)} "
+                  f"other file(s) skipped")
         named += [(p, str(p.relative_to(root).with_suffix(""))) for p in media]
     out, used = [], set()
     for p, name in named:
@@ -593,28 +594,33 @@ def score_file(path: Path, crops_dir: Path | None, args, face_models, model: nn.
     device = torch.device(args.device)
     persons = [float(predict(model, [c.image for c in t], device, args.batch_size, desc="crops").mean())
                for t in tracks]
-    with_face = len({c.frame for t in tracks for c in t})
-    # the file's score is the main (largest) person's, the one preprocess.py keeps for the
-    # benchmarks: a stray one-frame detection (a poster, a logo) must not decide the verdict;
-    # but another person judged differently is said on the same line, never hidden
-    p_file = persons[0]
-    note = ""
-    if len(persons) > 1:
-        others = [f"person {k + 1} {verdict(p)}" for k, p in enumerate(persons) if k and
-                  verdict(p) != verdict(p_file)]
-        note = f"{len(persons)} people, score of person 1, the largest" + "".join(f"; {o}" for o in others)
-    print(f"{path}: p_fake {p_file:.4f} -> {verdict(p_file)} ({with_face}/{len(frames)} frames with a face"
-          + (f"; {note}" if note else "") + ")")
-    rows = [row(path, None, len(frames), with_face, p_file, note)]
-    if len(persons) > 1:
-        for k, (p, t) in enumerate(zip(persons, tracks)):
-            print(f"    person {k + 1}: p_fake {p:.4f} -> {verdict(p)} ({len(t)} frame{'s' * (len(t) > 1)})")
-            rows.append(row(path, k + 1, len(frames), len(t), p))
-    return rows
+    return report(path, len(frames), tracks, persons)
 
 
 def verdict(p_fake: float) -> str:
     return "FAKE" if p_fake > 0.5 else "real"
+
+
+def report(path: Path, n_seen: int, tracks: list[list[preprocess.FaceCrop]], persons: list[float]) -> list[dict]:
+    """Print the file's verdict, and each person's when several appear; the predictions.csv rows.
+
+    The file's score is the main (largest) person's, the one preprocess.py keeps for the
+    benchmarks: a stray one-frame detection (a poster, a logo) must not decide the verdict.
+    Another person judged differently is said on the same line, never hidden."""
+    p_file, with_face = persons[0], len({c.frame for t in tracks for c in t})
+    note = ""
+    if len(persons) > 1:
+        differ = [f"; person {k} {verdict(p)}" for k, p in enumerate(persons[1:], 2)
+                  if verdict(p) != verdict(p_file)]
+        note = f"{len(persons)} people, score of person 1, the largest" + "".join(differ)
+    print(f"{path}: p_fake {p_file:.4f} -> {verdict(p_file)} ({with_face}/{n_seen} frames with a face"
+          + (f"; {note}" if note else "") + ")")
+    rows = [row(path, None, n_seen, with_face, p_file, note)]
+    if len(persons) > 1:
+        for k, (p, t) in enumerate(zip(persons, tracks), 1):
+            print(f"    person {k}: p_fake {p:.4f} -> {verdict(p)} ({len(t)} frame{'s' if len(t) > 1 else ''})")
+            rows.append(row(path, k, n_seen, len(t), p))
+    return rows
 
 
 def score_files(args) -> list[dict]:
@@ -682,6 +688,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.dataset = "all"
     if args.dataset and args.dataset != "all" and args.dataset.partition("-")[0] not in ALL_DATASETS:
         p.error(f"--dataset {args.dataset}: expected all, {', '.join(ALL_DATASETS)}, or ff++-c40 etc.")
+    if args.zero_shot and args.checkpoint:
+        p.error("--zero-shot uses CLIP's text prompts, not a --checkpoint: give one or the other")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error(f"--device {args.device}: no CUDA GPU is available here (use --device cpu)")
     if args.save_crops and not files:
         p.error("--save-crops goes with --video/--image/--input")
     if args.save_crops and args.input and Path(args.save_crops).resolve().is_relative_to(Path(args.input).resolve()):
