@@ -717,6 +717,7 @@ def is_finished(out_dir: Path) -> bool:
 
 
 def _reference_people(frames, indices, models, size, scale) -> list[list[FaceCrop]]:
+    """--reference: the published procedure frame by frame (largest face, no tracking)."""
     crops = []
     for i, frame in zip(indices, frames):
         c = reference_crop(frame, models, size, scale)
@@ -1081,7 +1082,10 @@ def _run(a: argparse.Namespace) -> None:
                          "the folders above or pass --dataset NAME --root PATH")
     for name, (root, _) in found.items():
         if root is not None:
-            run_dataset(name, root, **opts)
+            try:
+                run_dataset(name, root, **opts)
+            except LayoutError as e:  # --split val where this dataset has none: the others go on
+                print(f"skipped {name}: {e}")
 
 
 def main(argv=None) -> int:

@@ -527,4 +527,8 @@ def test_no_arguments_scans_datasets_dir(tmp_path, monkeypatch, capsys):
     assert P.main(["--workers", "1"]) == 0
     out = capsys.readouterr().out
     assert "found   cdfv2" in out and "missing dfdc" in out and "cdfv2: done 0, skipped 0" in out
+    # a split one found dataset lacks skips that dataset, not the whole run
+    assert P.main(["--workers", "1", "--split", "val"]) == 0
+    assert "skipped cdfv2: cdfv2 at datasets/Celeb-DF-v2 has no split 'val'" in \
+        capsys.readouterr().out
     assert (tmp_path / "data" / "cdfv2" / "failures.csv").is_file()
