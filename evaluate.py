@@ -249,6 +249,9 @@ def load_trained_detector(args, benchmark: bool) -> tuple[nn.Module, str, str]:
         detector = clip_vit.load_detector(source, clip=args.clip, device="cpu")
     except (ValueError, OSError, RuntimeError) as e:  # wrong file, wrong base weights, offline
         raise SystemExit(f"cannot load checkpoint {source}: {e}")
+    except Exception as e:  # a file that is no pickle at all can fail inside torch.load any way
+        raise SystemExit(f"cannot load checkpoint {source} ({type(e).__name__}: {e}): it is neither "
+                         f"a checkpoint written by train.py nor the authors' model.ckpt")
     if source == "authors":
         return detector, "authors' weights", str(Path("eval") / "authors")
     return detector, f"{path.parent.name}/{path.name}", str(path.parent / f"eval-{path.stem}")

@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+from types import SimpleNamespace
 from pathlib import Path
 
 import cv2
@@ -286,3 +287,104 @@ def test_zero_shot_baseline_same_outputs(tmp_path, capsys):
     expect = torch.softmax(logits, -1)[:, 1].mean().item()
     rows = {r["video_id"]: float(r["p_fake"]) for r in csv.DictReader(open(out / "dfd" / "videos.csv"))}
     assert rows["d"] == pytest.approx(expect, abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- bad input
+
+def test_broken_datasets_listed_in_all_table_not_fatal(tmp_path, tiny_ckpt, capsys):
+    data = tmp_path / "data"
+    make_split(data, "cdfv2", [("Celeb-real", 0, "a", [0]), ("Celeb-synthesis", 1, "b", [0])])
+    make_split(data, "ffiw", [("real", 0, "a", [0]), ("fake", 1, "b", [0, 1])], seed=1)
+    for png in (data / "ffiw" / "test" / "fake" / "b").glob("*.png"):
+        png.unlink()  # index.csv lists a folder with no crops
+    make_split(data, "dfd", [("actors", 0, "a", [0]), ("DeepFakeDetection", 1, "b", [0])], seed=2)
+    (data / "dfd" / "test" / "actors" / "a" / "0.png").write_bytes(b"not a png")  # unreadable crop
+    out = tmp_path / "out"
+    summary = evaluate.main(["--dataset", "all", "--checkpoint", str(tiny_ckpt), "--data", str(data),
+                             "--out", str(out), "--workers", "2"])  # a worker's error is named too
+    captured = capsys.readouterr()
+    assert list(summary["results"]) == ["cdfv2"] and (out / "cdfv2" / "metrics.json").is_file()
+    assert "holds no .png crops" in summary["failed"]["ffiw"]
+    assert "cannot be read" in summary["failed"]["dfd"] and "actors/a/0.png" in summary["failed"]["dfd"]
+    row = next(l for l in summary["table"].splitlines() if l.startswith("| tiny/best.pt | "))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[2:5] == ["error", "missing", "error"]  # DFD, DFDC, FFIW
+    assert "FFIW: not evaluated" in captured.err and "Traceback" not in captured.err
+    assert json.load(open(out / "summary.json"))["failed"] == summary["failed"]
+
+    # one dataset: the same reasons as a one-line error
+    for name, reason in (("ffiw", "holds no .png crops"), ("dfd", "cannot be read")):
+        with pytest.raises(SystemExit, match=reason) as e:
+            evaluate.main(["--dataset", name, "--checkpoint", str(tiny_ckpt), "--data", str(data),
+                           "--out", str(out), "--workers", "0"])
+        assert "\n" not in str(e.value)
+    (data / "cdfv2" / "test" / "index.csv").write_text("video_id,source\na,Celeb-real\n")
+    with pytest.raises(SystemExit, match="malformed.*expected columns"):
+        evaluate.main(["--dataset", "cdfv2", "--checkpoint", str(tiny_ckpt), "--data", str(data)])
+
+
+def test_bad_checkpoint_and_file_arguments_one_line_errors(tmp_path, tiny_ckpt):
+    ln_ckpt = tmp_path / "ln.pt"  # LN-tuning: the frozen rest must be the CLIP it was trained on
+    detector = clip_vit.build_detector("tiny")
+    clip_vit.enable_ln_tuning(detector)
+    clip_vit.save_checkpoint(ln_ckpt, detector, {"clip": "tiny", "normalize": True})
+    other_clip = tmp_path / "other_clip.pt"
+    torch.save({f"visual.{k}": v for k, v in clip_vit.tiny_visual(seed=5).state_dict().items()}, other_clip)
+    not_ckpt = tmp_path / "notes.txt"
+    not_ckpt.write_text("hello")
+    image = tmp_path / "face.png"
+    cv2.imwrite(str(image), np.zeros((64, 64, 3), np.uint8))
+    cases = [
+        (["--checkpoint", str(tmp_path / "nope.pt")], "not found"),
+        (["--checkpoint", str(tmp_path)], "is a folder"),
+        (["--checkpoint", str(ln_ckpt), "--clip", str(other_clip)], "trained on CLIP weights"),
+        (["--checkpoint", str(not_ckpt)], "cannot load checkpoint"),
+    ]
+    for extra, message in cases:
+        with pytest.raises(SystemExit, match=message) as e:
+            evaluate.main(["--image", str(image), *extra])
+        assert "\n" not in str(e.value)
+    with pytest.raises(SystemExit, match="is a folder, not a file: use --input"):
+        evaluate.main(["--video", str(tmp_path), "--checkpoint", str(tiny_ckpt)])
+    with pytest.raises(SystemExit):  # argparse: the crops would be scored as inputs next time
+        evaluate.main(["--input", str(tmp_path), "--save-crops", str(tmp_path / "crops")])
+
+
+def test_input_folder_mixed_files(tmp_path, tiny_ckpt, capsys):
+    from skimage import data as skdata
+    inputs = tmp_path / "in"
+    (inputs / "sub").mkdir(parents=True)
+    face = cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR)
+    for name in ("a.png", "a.jpg", "sub/a.png"):  # three files, three crops folders
+        cv2.imwrite(str(inputs / name), face)
+    (inputs / "broken.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    (inputs / "blank.png").write_bytes(cv2.imencode(".png", np.full((200, 200, 3), 128, np.uint8))[1])
+    (inputs / "notes.txt").write_text("skipped")
+    crops, out = tmp_path / "crops", tmp_path / "out"
+    (crops / "a" / "person1").mkdir(parents=True)
+    (crops / "a" / "person1" / "99.png").write_bytes(b"stale")  # from an earlier run
+    rows = evaluate.main(["--input", str(inputs), "--checkpoint", str(tiny_ckpt), "--out", str(out),
+                          "--save-crops", str(crops)])
+    printed = capsys.readouterr().out
+    assert "5 video/image file(s), 1 other file(s) skipped" in printed
+    saved = list(csv.DictReader(open(out / "predictions.csv")))
+    assert [Path(r["file"]).relative_to(inputs).as_posix() for r in saved] == \
+        ["a.jpg", "a.png", "blank.png", "broken.jpg", "sub/a.png"]
+    assert [r["note"] for r in saved][2:4] == ["no face found", "cannot read: cannot decode image"]
+    assert saved[3]["p_fake"] == "" and rows[3]["p_fake"] is None
+    assert all(r["frames_with_face"] == "1" and 0 <= float(r["p_fake"]) <= 1 for r in saved[:2] + saved[4:])
+    assert sorted(p.relative_to(crops).as_posix() for p in crops.rglob("*.png")) == \
+        ["a/person1/0.png", "a~2/person1/0.png", "sub/a/person1/0.png"]
+
+
+def test_file_verdict_names_a_person_judged_differently(capsys):
+    crop = lambda frame: SimpleNamespace(frame=frame)  # noqa: E731
+    tracks = [[crop(0), crop(1), crop(2)], [crop(1)]]
+    rows = evaluate.report(Path("v.mp4"), 4, tracks, [0.2, 0.9])
+    line = capsys.readouterr().out.splitlines()
+    assert line[0] == ("v.mp4: p_fake 0.2000 -> real (3/4 frames with a face; 2 people, score of "
+                       "person 1, the largest; person 2 FAKE)")
+    assert line[1:] == ["    person 1: p_fake 0.2000 -> real (3 frames)",
+                        "    person 2: p_fake 0.9000 -> FAKE (1 frame)"]
+    assert [(r["person"], r["frames_with_face"], r["p_fake"]) for r in rows] == \
+        [(None, 3, 0.2), (1, 3, 0.2), (2, 1, 0.9)]
