@@ -506,7 +506,7 @@ def _ffpp_splits(root: Path, splits_dir: str | None) -> dict[str, str]:
     for split in ("train", "val", "test"):
         path = d / f"{split}.json"
         with _reading(path, 'a JSON list of ["target", "source"] id pairs'):
-            for a, b in json.loads(path.read_text()):
+            for a, b in json.loads(path.read_text(encoding="utf-8-sig")):
                 split_of.update({a: split, b: split, f"{a}_{b}": split, f"{b}_{a}": split})
     return split_of
 
@@ -558,7 +558,8 @@ def _list_cdfv2(root: Path) -> list[Video]:
     if not listing.is_file() or not all((root / s).is_dir() for s in sources):
         raise _layout_error("Celeb-DF-v2", root, expected)
     with _reading(listing, "lines '<1|0> <folder>/<file>.mp4'"):
-        test = {line.split()[1] for line in listing.read_text().splitlines() if line.strip()}
+        lines = listing.read_text(encoding="utf-8-sig").splitlines()
+        test = {line.split()[1] for line in lines if line.strip()}
     videos = []
     for source, label in sources.items():
         for f in _media(root / source, recursive=False):
@@ -577,8 +578,8 @@ def _list_dfdc(root: Path) -> list[Video]:
                             "videos under test/", "test")
     files = {f.name: f for f in _media(test)}
     videos, missing = [], []
-    with open(labels, newline="") as fh, _reading(labels, "a CSV with columns filename,label "
-                                                           "(label 1 = fake, 0 = real)"):
+    expected = "a CSV with columns filename,label (label 1 = fake, 0 = real)"
+    with open(labels, newline="", encoding="utf-8-sig") as fh, _reading(labels, expected):
         for row in csv.DictReader(fh):
             f = files.get(Path(row["filename"]).name)
             if f is None:
@@ -602,7 +603,7 @@ def _list_dfdcp(root: Path) -> list[Video]:
                             "lists (method_A/, method_B/, original_videos/)")
     videos, roots = [], {}
     with _reading(index, 'a JSON object {"<video path>": {"label": "real"|"fake", "set": ...}}'):
-        for rel, info in json.loads(index.read_text()).items():
+        for rel, info in json.loads(index.read_text(encoding="utf-8-sig")).items():
             f = root / rel
             if not f.is_file():
                 continue

@@ -250,8 +250,8 @@ def test_layout_cdfv2(tmp_path):
 def test_layout_dfdc(tmp_path):
     for n in ("aaa.mp4", "bbb.mp4", "ccc.mp4"):
         U.touch(tmp_path / "test" / "videos" / n)
-    (tmp_path / "test" / "labels.csv").write_text(
-        "filename,label\naaa.mp4,1\nbbb.mp4,0\nccc.mp4,1\n")
+    (tmp_path / "test" / "labels.csv").write_text(  # with the byte-order mark Excel writes
+        "filename,label\naaa.mp4,1\nbbb.mp4,0\nccc.mp4,1\n", encoding="utf-8-sig")
     vids = P.list_videos("dfdc", tmp_path)
     assert sorted((v.video_id, v.label, v.source, v.split) for v in vids) == [
         ("aaa", 1, "fake", "test"), ("bbb", 0, "real", "test"), ("ccc", 1, "fake", "test")]
@@ -489,7 +489,8 @@ def test_odd_but_legal_inputs(tmp_path, capsys):
     assert rows["one"]["file"] == "real clips/one.MP4" and rows["one"]["path"] == "real clips/one"
     assert sorted(p.name for p in stale.iterdir()) == ["0.png", "meta.json"]
     failures = read_csv(out / "folder" / "failures.csv")
-    assert [(f["video_id"], f["reason"]) for f in failures] == [("black", "no face in 3 sampled frames")]
+    assert [(f["video_id"], f["reason"]) for f in failures] == \
+        [("black", "no face in 3 sampled frames")]
 
 
 def test_bad_command_lines_are_one_line_errors(tmp_path, capsys):
