@@ -604,7 +604,8 @@ def verdict(p_fake: float) -> str:
     return "FAKE" if p_fake > 0.5 else "real"
 
 
-def report(path: Path, n_seen: int, tracks: list[list[preprocess.FaceCrop]], persons: list[float]) -> list[dict]:
+def report(path: Path, n_seen: int, tracks: list[list[preprocess.FaceCrop]],
+           persons: list[float]) -> list[dict]:
     """Print the file's verdict, and each person's when several appear; the predictions.csv rows.
 
     The file's score is the main (largest) person's, the one preprocess.py keeps for the
@@ -621,7 +622,8 @@ def report(path: Path, n_seen: int, tracks: list[list[preprocess.FaceCrop]], per
     rows = [row(path, None, n_seen, with_face, p_file, note)]
     if len(persons) > 1:
         for k, (p, t) in enumerate(zip(persons, tracks), 1):
-            print(f"    person {k}: p_fake {p:.4f} -> {verdict(p)} ({len(t)} frame{'s' if len(t) > 1 else ''})")
+            frames = f"{len(t)} frame{'s' if len(t) > 1 else ''}"
+            print(f"    person {k}: p_fake {p:.4f} -> {verdict(p)} ({frames})")
             rows.append(row(path, k, n_seen, len(t), p))
     return rows
 
@@ -697,7 +699,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--device {args.device}: no CUDA GPU is available here (use --device cpu)")
     if args.save_crops and not files:
         p.error("--save-crops goes with --video/--image/--input")
-    if args.save_crops and args.input and Path(args.save_crops).resolve().is_relative_to(Path(args.input).resolve()):
+    inside = args.save_crops and args.input and \
+        Path(args.save_crops).resolve().is_relative_to(Path(args.input).resolve())
+    if inside:
         p.error("--save-crops inside --input: the next run would score the crops as images")
     return args
 

@@ -217,6 +217,8 @@ def test_missing_or_empty_data_dir_says_layout_and_command(tmp_path, tiny_ckpt):
             evaluate.main(["--dataset", "cdfv2", "--checkpoint", str(tiny_ckpt), "--data", str(data)])
         msg = str(e.value)
         assert "cdfv2/test/index.csv" in msg and "python preprocess.py --dataset cdfv2" in msg
+    with pytest.raises(SystemExit, match="preprocess.py --dataset ff\\+\\+ --compression c40 "):
+        evaluate.main(["--dataset", "ff++-c40", "--checkpoint", str(tiny_ckpt), "--data", str(tmp_path)])
 
 
 # ----------------------------------------------------------------------------- single files
