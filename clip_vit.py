@@ -633,6 +633,10 @@ class Placeholder:
         return f"<{type(self).__qualname__}{self.args}>"
 
 
+class RefusedPickle(pickle.UnpicklingError):
+    pass
+
+
 class RestrictedUnpickler(pickle.Unpickler):
     """Unpickles tensors and plain containers only. A global from a module that does not exist here
     becomes an inert Placeholder; any other global (os.system, builtins.eval, ...) is refused."""
@@ -650,7 +654,7 @@ class RestrictedUnpickler(pickle.Unpickler):
             return super().find_class(module, name)
         top = module.split(".")[0]
         if top in sys.modules or importlib.util.find_spec(top) is not None:
-            raise pickle.UnpicklingError(f"refusing to unpickle {module}.{name}: it exists here and could run code")
+            raise RefusedPickle(f"refusing to unpickle {module}.{name}: it exists here and could run code")
         return type(name, (Placeholder,), {"__module__": module})
 
 
@@ -669,8 +673,11 @@ def read_authors_checkpoint(path: str | os.PathLike) -> dict:
     code and without running anything pickled in the file (see RestrictedUnpickler)."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickleModule)
-    except pickle.UnpicklingError as e:
+    except RefusedPickle as e:
         raise ValueError(f"{path}: {e}") from None
+    except Exception as e:  # torch.load's many ways of saying "not a checkpoint"
+        raise ValueError(f"{path} is neither a checkpoint of this project nor the authors' model.ckpt "
+                         f"({type(e).__name__}: {e})") from None
     prefix = "feature_extractor.base_model.model."
     sd = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
     hf = {}
@@ -679,8 +686,8 @@ def read_authors_checkpoint(path: str | os.PathLike) -> dict:
             continue  # the frozen LayerNorm originals: the tuned copies are the ones that run
         hf[key[len(prefix):].replace(".ln_tuning_layers.default.", ".")] = value
     if "model.linear.weight" not in sd or not hf:
-        raise ValueError(f"{path} is not the authors' checkpoint: expected keys '{prefix}vision_model.*' "
-                         f"and 'model.linear.weight'")
+        raise ValueError(f"{path} is neither a checkpoint of this project nor the authors' model.ckpt: "
+                         f"expected keys '{prefix}vision_model.*' and 'model.linear.weight'")
     out = convert_hf_vision_state_dict(hf)
     out["head.weight"], out["head.bias"] = sd["model.linear.weight"], sd["model.linear.bias"]
     return out
@@ -694,7 +701,9 @@ def load_detector(source: str | os.PathLike, clip: str | None = None, device: st
         source = download(AUTHORS_URL, download_root)
     try:
         ckpt = load_checkpoint(source)
-    except (pickle.UnpicklingError, ValueError, RuntimeError):
+    except OSError:
+        raise
+    except Exception:  # not this project's format: the authors' file, or no checkpoint at all
         sd = read_authors_checkpoint(source)  # raises a clear error when it is not that either
         head = {k[len("head."):]: sd.pop(k) for k in ("head.weight", "head.bias")}
         detector = DeepfakeDetector(build_visual(sd), normalize=True)

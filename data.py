@@ -33,7 +33,6 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 import clip_vit
 
 FFPP_SOURCES = ("youtube", "Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")  # paper's training set
-PREPROCESS_COMMAND = "python preprocess.py --dataset ff++ --root datasets/FaceForensics++"
 
 
 @dataclass
@@ -58,12 +57,18 @@ def load_videos(
     each with up to `max_frames` crops (evenly spaced when a folder holds more; None = all)."""
     split_dir = Path(data) / dataset / split
     index = split_dir / "index.csv"
+    from preprocess import command_for  # the command that writes what is missing
+    command = command_for(dataset, data)
     if not index.is_file():
-        command = PREPROCESS_COMMAND if dataset == "ff++" else f"python preprocess.py --dataset {dataset} ..."
         raise SystemExit(f"no preprocessed data: {index} not found; run `{command}` first "
                          f"(or point --data at the folder that holds {dataset}/{split}/index.csv)")
     with open(index, newline="") as fh:
         rows = list(csv.DictReader(fh))
+    if not rows:
+        raise SystemExit(f"{index} lists no videos; re-run `{command}`")
+    if not {"video_id", "source", "label", "path"} <= set(rows[0]) or any(r["label"] not in ("0", "1") for r in rows):
+        raise SystemExit(f"{index} is not an index written by preprocess.py: expected columns "
+                         f"video_id,source,label,n_frames,path,file with label 0 or 1; re-run `{command}`")
     found = sorted({r["source"] for r in rows})
     if sources is not None:
         missing = [s for s in sources if s not in found]
@@ -73,17 +78,14 @@ def load_videos(
     videos = []
     for r in rows:
         folder = split_dir / r["path"]
-        frames = sorted(folder.glob("*.png"), key=lambda p: int(p.stem))
+        frames = sorted((p for p in folder.glob("*.png") if p.stem.isdigit()), key=lambda p: int(p.stem))
         if not frames:
-            raise SystemExit(f"{index} lists {r['path']} but {folder} holds no .png crops; "
-                             f"re-run `{PREPROCESS_COMMAND}`")
+            raise SystemExit(f"{index} lists {r['path']} but {folder} holds no <frame>.png crops; re-run `{command}`")
         if max_frames is not None and len(frames) > max_frames:
             keep = np.unique(np.linspace(0, len(frames) - 1, max_frames).round().astype(int))
             frames = [frames[k] for k in keep]
         videos.append(Video(r["video_id"], r["source"], int(r["label"]), folder.resolve(), frames, r["path"],
                             r.get("file", "")))
-    if not videos:
-        raise SystemExit(f"{index}: no videos left for sources {list(sources or [])}")
     return videos
 
 

@@ -119,13 +119,10 @@ class DataError(ValueError):
 
 def layout_help(data: Path, dataset: str, split: str) -> str:
     """Where evaluate.py looks and the preprocess.py command that writes it."""
-    base, _, compression = dataset.partition("-")          # ff++-c40: ff++ at c40
-    root = preprocess.DEFAULT_ROOTS.get(base, [f"datasets/{base}"])[0]
-    flag = f" --compression {compression}" if compression else ""
     return (f"expected {data}/{dataset}/{split}/index.csv (columns "
             f"video_id,source,label,n_frames,path,file) and crops "
             f"{data}/{dataset}/{split}/<source>/<video_id>/<frame>.png; create them with: "
-            f"python preprocess.py --dataset {base}{flag} --root {root} --out {data}")
+            f"{preprocess.command_for(dataset, data)}")
 
 
 def find_split(data: Path, dataset: str, split: str = "test") -> Path | None:
@@ -138,18 +135,10 @@ def find_split(data: Path, dataset: str, split: str = "test") -> Path | None:
 
 def load_split(split_dir: Path, dataset: str) -> list[data.Video]:
     """Every video of the split with all its crops; DataError when index.csv and crops disagree."""
-    index = split_dir / "index.csv"
     try:
-        videos = data.load_videos(split_dir.parent.parent, dataset, split_dir.name, sources=None,
-                                  max_frames=None)
+        return data.load_videos(split_dir.parent.parent, dataset, split_dir.name, sources=None, max_frames=None)
     except SystemExit as e:  # data.py's one-line errors (a listed folder without crops, ...)
         raise DataError(str(e)) from None
-    except (KeyError, ValueError) as e:  # a column missing, a label that is not an integer
-        raise DataError(f"{index} is malformed ({type(e).__name__}: {e}); expected columns "
-                        f"video_id,source,label,n_frames,path,file as preprocess.py writes") from None
-    if not videos:
-        raise DataError(f"{index} lists no video with crops")
-    return videos
 
 
 class Crops(Dataset):

@@ -685,6 +685,14 @@ def output_name(dataset: str, compression: str = "c23") -> str:
         else dataset
 
 
+def command_for(name: str, out: str | Path = "data") -> str:
+    """The command that writes <out>/<name>, for a folder name as output_name gives it (ff++-c40)."""
+    dataset, _, compression = name.partition("-")
+    flag = f" --compression {compression}" if compression else ""
+    root = DEFAULT_ROOTS.get(dataset, [f"datasets/{dataset}"])[0]
+    return f"python preprocess.py --dataset {dataset}{flag} --root {root} --out {out}"
+
+
 # ----------------------------------------------------------------------------- one video
 
 @dataclass

@@ -436,3 +436,12 @@ def test_authors_download_through_mirror(tmp_path, monkeypatch):
         server.close()
     assert (tmp_path / "cache" / "model.ckpt").is_file()
     assert torch.equal(loaded.head.weight, expected.head.weight)
+
+
+def test_load_detector_on_a_file_that_is_no_checkpoint(tmp_path):
+    (tmp_path / "notes.pt").write_text("hello world")
+    with pytest.raises(ValueError, match="neither a checkpoint of this project nor the authors' model.ckpt"):
+        cv.load_detector(tmp_path / "notes.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "other.pt")  # a valid torch file of something else
+    with pytest.raises(ValueError, match="authors' model.ckpt: expected keys"):
+        cv.load_detector(tmp_path / "other.pt")

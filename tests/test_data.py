@@ -70,6 +70,20 @@ def test_missing_data_names_the_preprocess_command(tmp_path, tree):
         data.load_videos(tmp_path, "ff++", "train")
     with pytest.raises(SystemExit, match="FaceShifterX"):
         data.load_videos(tree, sources=["FaceShifterX"])
+    with pytest.raises(SystemExit, match="--dataset ff\\+\\+ --compression c40 --root"):
+        data.load_videos(tmp_path, "ff++-c40", "test")
+
+
+def test_bad_index_is_one_clear_error(tmp_path):
+    split = tmp_path / "cdfv2" / "test"
+    split.mkdir(parents=True)
+    for text, message in (("video_id,source,label,n_frames,path,file\n", "lists no videos"),
+                          ("video_id,source,label,n_frames,path,file\na,real,yes,1,real/a,\n", "label 0 or 1"),
+                          ("video_id,source\na,real\n", "expected columns")):
+        (split / "index.csv").write_text(text)
+        with pytest.raises(SystemExit, match=message) as e:
+            data.load_videos(tmp_path, "cdfv2", "test", sources=None)
+        assert "python preprocess.py --dataset cdfv2 --root datasets/Celeb-DF-v2" in str(e.value)
 
 
 def test_items_and_eval_transform(tree):

@@ -306,7 +306,8 @@ def test_broken_datasets_listed_in_all_table_not_fatal(tmp_path, tiny_ckpt, caps
                              "--out", str(out), "--workers", "2"])  # a worker's error is named too
     captured = capsys.readouterr()
     assert list(summary["results"]) == ["cdfv2"] and (out / "cdfv2" / "metrics.json").is_file()
-    assert "holds no .png crops" in summary["failed"]["ffiw"]
+    assert "holds no <frame>.png crops" in summary["failed"]["ffiw"]
+    assert "python preprocess.py --dataset ffiw " in summary["failed"]["ffiw"]  # its own command
     assert "cannot be read" in summary["failed"]["dfd"] and "actors/a/0.png" in summary["failed"]["dfd"]
     row = next(l for l in summary["table"].splitlines() if l.startswith("| tiny/best.pt | "))
     cells = [c.strip() for c in row.strip("|").split("|")]
@@ -315,13 +316,13 @@ def test_broken_datasets_listed_in_all_table_not_fatal(tmp_path, tiny_ckpt, caps
     assert json.load(open(out / "summary.json"))["failed"] == summary["failed"]
 
     # one dataset: the same reasons as a one-line error
-    for name, reason in (("ffiw", "holds no .png crops"), ("dfd", "cannot be read")):
+    for name, reason in (("ffiw", "holds no <frame>.png crops"), ("dfd", "cannot be read")):
         with pytest.raises(SystemExit, match=reason) as e:
             evaluate.main(["--dataset", name, "--checkpoint", str(tiny_ckpt), "--data", str(data),
                            "--out", str(out), "--workers", "0"])
         assert "\n" not in str(e.value)
     (data / "cdfv2" / "test" / "index.csv").write_text("video_id,source\na,Celeb-real\n")
-    with pytest.raises(SystemExit, match="malformed.*expected columns"):
+    with pytest.raises(SystemExit, match="not an index written by preprocess.py: expected columns"):
         evaluate.main(["--dataset", "cdfv2", "--checkpoint", str(tiny_ckpt), "--data", str(data)])
 
 
