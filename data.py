@@ -1,4 +1,4 @@
-"""Frames of preprocessed face crops for training and validation (METHOD.md section 4).
+"""Frames of preprocessed face crops for training and validation (the paper's recipe).
 
 Reads what preprocess.py writes (CONTRACT.md):
     <data>/<dataset>/<split>/index.csv          video_id,source,label,n_frames,path,file
@@ -96,7 +96,7 @@ def eval_transform(size: int = 224) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def train_transform(size: int = 224) -> Callable[[torch.Tensor], torch.Tensor]:
-    """METHOD.md section 4 augmentations on the uint8 256x256 crop, then the CLIP transform."""
+    """The paper's augmentations on the uint8 256x256 crop, then the CLIP transform."""
     return T.Compose([
         T.RandomHorizontalFlip(p=0.5),
         # bilinear (**ours**: v2's default nearest would add aliasing the test images do not have)

@@ -1,4 +1,4 @@
-"""Feature-space losses and the latent augmentation of the paper (METHOD.md section 3).
+"""Feature-space losses and the latent augmentation of the paper.
 
 All functions take the L2-normalised detector features f [N, D] (one row per image) and work in
 float32 whatever the autocast dtype is, because 1 - 1e-7 and small squared distances do not

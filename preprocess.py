@@ -1,4 +1,5 @@
-"""Face preprocessing: benchmark videos -> aligned 256x256 face crops (METHOD.md section 5).
+"""Face preprocessing: benchmark videos -> aligned 256x256 face crops, by the protocol
+the paper's numbers were made with.
 
     python preprocess.py                                  # every dataset found under datasets/
     python preprocess.py --dataset ff++ --root datasets/FaceForensics++ --workers 8

@@ -1,5 +1,5 @@
 """Train the deepfake detector: CLIP ViT-L/14 with LN-tuning, L2-normalised features, uniformity +
-alignment losses and slerp latent augmentation (../shared/METHOD.md sections 2-4).
+alignment losses and slerp latent augmentation, the paper's method and recipe.
 
     python train.py                                   # the paper's full recipe on data/ff++ (one GPU)
     torchrun --nproc_per_node=4 train.py              # the same on 4 GPUs (effective batch stays 128)
