@@ -167,7 +167,11 @@ def bench_train_step(model: str, device: torch.device, batch: int, repeat: int, 
 def synthetic_720p_video(path: Path, n_frames: int = 32) -> Path:
     """scikit-image's astronaut photo (a real face) moving and zooming inside 1280x720 frames."""
     import cv2
-    from skimage import data
+    try:
+        from skimage import data
+    except ImportError:
+        raise SystemExit("the preprocessing benchmark needs a 720p video with a face: pass --video PATH, "
+                         "or `pip install scikit-image` for the synthetic one") from None
     face = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)                   # [512, 512, 3]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (1280, 720))
     for i in range(n_frames):  # the face is ~230 px tall, as in FF++'s 720p videos
