@@ -17,7 +17,6 @@ import argparse
 import csv
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 
@@ -552,10 +551,13 @@ def list_inputs(args) -> list[tuple[Path, str]]:
 
 
 def save_crops(folder: Path, tracks: list[list[preprocess.FaceCrop]]) -> None:
-    """<folder>/person<k>/<frame>.png, replacing crops a past run left there."""
-    shutil.rmtree(folder, ignore_errors=True)
+    """<folder>/person<k>/<frame>.png, replacing crops a past run left there; nothing else in the
+    folder is touched (it is the user's)."""
+    for old in folder.glob("person*/*.png"):
+        if old.stem.isdigit():
+            old.unlink()
     for k, track in enumerate(tracks):
-        (folder / f"person{k + 1}").mkdir(parents=True)
+        (folder / f"person{k + 1}").mkdir(parents=True, exist_ok=True)
         for c in track:
             path = folder / f"person{k + 1}" / f"{c.frame}.png"
             cv2.imwrite(str(path), cv2.cvtColor(c.image, cv2.COLOR_RGB2BGR))

@@ -366,6 +366,7 @@ def test_input_folder_mixed_files(tmp_path, tiny_ckpt, capsys):
     crops, out = tmp_path / "crops", tmp_path / "out"
     (crops / "a" / "person1").mkdir(parents=True)
     (crops / "a" / "person1" / "99.png").write_bytes(b"stale")  # from an earlier run
+    (crops / "a" / "mine.txt").write_text("the user's")  # never deleted
     rows = evaluate.main(["--input", str(inputs), "--checkpoint", str(tiny_ckpt), "--out", str(out),
                           "--save-crops", str(crops)])
     printed = capsys.readouterr().out
@@ -378,6 +379,7 @@ def test_input_folder_mixed_files(tmp_path, tiny_ckpt, capsys):
     assert all(r["frames_with_face"] == "1" and 0 <= float(r["p_fake"]) <= 1 for r in saved[:2] + saved[4:])
     assert sorted(p.relative_to(crops).as_posix() for p in crops.rglob("*.png")) == \
         ["a/person1/0.png", "a~2/person1/0.png", "sub/a/person1/0.png"]
+    assert (crops / "a" / "mine.txt").read_text() == "the user's"
 
 
 def test_file_verdict_names_a_person_judged_differently(capsys):
