@@ -8,6 +8,7 @@ import pytest
 import torch
 import torchvision.transforms.v2 as T
 import cv2
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import clip_vit  # noqa: E402
@@ -152,3 +153,17 @@ def test_samplers(tree):
     big = data.BalancedSampler(torch.tensor([0] * 10 + [1] * 90), seed=0)
     drawn = torch.tensor([0] * 10 + [1] * 90)[torch.tensor(list(big))]
     assert 25 <= int((drawn == 0).sum()) <= 75  # ~50 % real instead of 10 %
+
+
+def test_gaussian_blur_equals_torchvision():
+    import torchvision.transforms.v2.functional as TF
+    image = torch.from_numpy(cv2.GaussianBlur(np.random.default_rng(0).integers(0, 256, (64, 80, 3), dtype=np.uint8),
+                                              (0, 0), 2)).permute(2, 0, 1)          # [3, 64, 80] uint8
+    for seed in range(3):
+        torch.manual_seed(seed)
+        ours = data.GaussianBlur()(image)
+        torch.manual_seed(seed)
+        sigma = torch.empty(1).uniform_(0.1, 2.0).item()  # the same draw torchvision's transform makes
+        reference = TF.gaussian_blur(image, [13, 13], [sigma, sigma])
+        assert ours.shape == image.shape and ours.dtype == torch.uint8
+        assert (ours.int() - reference.int()).abs().max() <= 1
