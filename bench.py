@@ -30,10 +30,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 import clip_vit as cv
-import losses
+import train
 
 VIT_L14_FLOPS = 162.2e9  # one 224x224 image through the ViT-L/14 image tower (2 FLOPs per multiply-add)
 PARTS = ("forward", "train_step", "preprocess", "data")
@@ -87,21 +86,23 @@ def bench_forward(detector: cv.DeepfakeDetector, device: torch.device, batch: in
 
 
 def train_step_seconds(model: str, device: torch.device, batch: int, repeat: int, checkpointing: bool) -> dict:
-    """One training step of train.py (features -> slerp -> head -> CE + uniformity + alignment ->
-    backward -> AdamW), best of `repeat`, and the peak memory above the model's own."""
+    """One training step of train.py with the paper's recipe (its TrainForward and objective:
+    features -> slerp -> head -> CE + uniformity + alignment -> backward -> AdamW), best of
+    `repeat`, and the peak memory above the model's own."""
+    cfg = train.TrainConfig()
     detector = build(model, device)
     cv.enable_ln_tuning(detector)
     detector.train().visual.transformer.grad_checkpointing = checkpointing
-    optimizer = torch.optim.AdamW([p for p in detector.parameters() if p.requires_grad], lr=8e-5, weight_decay=0)
+    forward = train.TrainForward(detector, cfg.slerp)
+    optimizer = torch.optim.AdamW([p for p in detector.parameters() if p.requires_grad], lr=cfg.lr,
+                                  betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     images = torch.randn(batch, 3, 224, 224, device=device)
     labels = (torch.arange(batch, device=device) % 5 > 0).long()  # 4 fake : 1 real, as FF++
 
     def step():
         with autocast(device):
-            features = losses.slerp_augment(detector.features(images), labels)
-            logits = detector.head(features)
-        loss = (F.cross_entropy(logits.float(), labels) + 0.5 * losses.uniformity(features)
-                + 0.1 * losses.alignment(features, labels))
+            features, logits = forward(images, labels, train.step_generator(cfg.seed, 0, 0))
+        loss, _ = train.objective(features, logits, labels, cfg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -237,9 +237,6 @@ def load_trained_detector(args, benchmark: bool) -> tuple[nn.Module, str, str]:
         detector = clip_vit.load_detector(source, clip=args.clip, device="cpu")
     except (ValueError, OSError, RuntimeError) as e:  # wrong file, wrong base weights, offline
         raise SystemExit(f"cannot load checkpoint {source}: {e}")
-    except Exception as e:  # a file that is no pickle at all can fail inside torch.load any way
-        raise SystemExit(f"cannot load checkpoint {source} ({type(e).__name__}: {e}): it is neither "
-                         f"a checkpoint written by train.py nor the authors' model.ckpt")
     if source == "authors":
         return detector, "authors' weights", str(Path("eval") / "authors")
     return detector, f"{path.parent.name}/{path.name}", str(path.parent / f"eval-{path.stem}")
@@ -456,7 +453,7 @@ def no_data_error(data_dir: Path, names: list[str], split: str) -> str:
         return f"data directory {data_dir}/ does not exist; " + layout_help(data_dir, names[0], split)
     if len(names) == 1:
         return f"no {names[0]} preprocessed in {data_dir}/; " + layout_help(data_dir, names[0], split)
-    example = layout_help(data_dir, names[0], split).split("create them with: ")[1]
+    example = preprocess.command_for(names[0], data_dir)
     return (f"none of {', '.join(names)} is preprocessed in {data_dir}/; expected "
             f"{data_dir}/<dataset>/{split}/index.csv and crops under it; create them with "
             f"`python preprocess.py --out {data_dir}` (every dataset found under datasets/) or one "
