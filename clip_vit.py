@@ -39,6 +39,8 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
+from layouts import atomic_write
+
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -556,21 +558,16 @@ def base_sha256(detector: nn.Module, exclude: Iterable[str]) -> str:
     return h.hexdigest()
 
 
-def _atomic_save(obj: dict, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def save_checkpoint(path: str | os.PathLike, detector: DeepfakeDetector, config: dict, **extra) -> None:
     """Only the trainable tensors + config + SHA-256 of the frozen rest (under 1 MB for ViT-L/14
     LN-tuning), written atomically. `config` needs `clip` and `normalize`; plain types only, so the
     file loads with weights_only=True. `extra` (optimizer state, step, ...) is stored alongside."""
     trainable = {n: p.detach().cpu().clone() for n, p in detector.named_parameters() if p.requires_grad}
-    _atomic_save({"format": FORMAT, "config": dict(config), "base_sha256": base_sha256(detector, trainable),
-                  "state_dict": trainable, **extra}, path)
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, "config": dict(config), "base_sha256": base_sha256(detector, trainable),
+                "state_dict": trainable, **extra}, buffer)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

@@ -1,6 +1,7 @@
-"""Frames of preprocessed face crops for training and validation (the paper's recipe).
+"""Preprocessed face crops -> tensors: the paper's augmentations, the training loader, and the
+scores and metrics of a split (the same code for train.py's validation and evaluate.py).
 
-Reads what preprocess.py writes (CONTRACT.md):
+Reads what preprocess.py writes (layouts.py):
     <data>/<dataset>/<split>/index.csv          video_id,source,label,n_frames,path,file
     <data>/<dataset>/<split>/<source>/<video_id>/<frame_index>.png
 
@@ -15,79 +16,23 @@ the first k batches of an epoch without loading them (SkipSampler).
 """
 from __future__ import annotations
 
-import csv
 import itertools
 import math
 import random
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
 import torch
 import torchvision.transforms.v2 as T
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from tqdm import tqdm
 
 import clip_vit
-
-FFPP_SOURCES = ("youtube", "Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")  # paper's training set
-
-
-@dataclass
-class Video:
-    video_id: str
-    source: str
-    label: int  # 0 real, 1 fake
-    folder: Path  # absolute path of the video's crop folder
-    frames: list[Path]  # the crops used, sorted by frame index
-    path: str = ""  # the crop folder relative to the split folder: <source>/<video_id>
-    file: str = ""  # the source video, relative to the dataset root
-
-
-def load_videos(
-    data: str | Path = "data",
-    dataset: str = "ff++",
-    split: str = "train",
-    sources: Sequence[str] | None = FFPP_SOURCES,
-    max_frames: int | None = 32,
-) -> list[Video]:
-    """The videos of one split listed in index.csv, restricted to `sources` (None = all),
-    each with up to `max_frames` crops (evenly spaced when a folder holds more; None = all)."""
-    split_dir = Path(data) / dataset / split
-    index = split_dir / "index.csv"
-    from preprocess import command_for  # the command that writes what is missing
-    command = command_for(dataset, data)
-    if not index.is_file():
-        raise SystemExit(f"no preprocessed data: {index} not found; run `{command}` first "
-                         f"(or point --data at the folder that holds {dataset}/{split}/index.csv)")
-    with open(index, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-    if not rows:
-        raise SystemExit(f"{index} lists no videos; re-run `{command}`")
-    if not {"video_id", "source", "label", "path"} <= set(rows[0]) or any(r["label"] not in ("0", "1") for r in rows):
-        raise SystemExit(f"{index} is not an index written by preprocess.py: expected columns "
-                         f"video_id,source,label,n_frames,path,file with label 0 or 1; re-run `{command}`")
-    found = sorted({r["source"] for r in rows})
-    if sources is not None:
-        missing = [s for s in sources if s not in found]
-        if missing:
-            raise SystemExit(f"{index}: no videos of source(s) {missing}; found {found}")
-        rows = [r for r in rows if r["source"] in set(sources)]
-    videos = []
-    for r in rows:
-        folder = split_dir / r["path"]
-        frames = sorted((p for p in folder.glob("*.png") if p.stem.isdigit()), key=lambda p: int(p.stem))
-        if not frames:
-            raise SystemExit(f"{index} lists {r['path']} but {folder} holds no <frame>.png crops; re-run `{command}`")
-        if max_frames is not None and len(frames) > max_frames:
-            keep = np.unique(np.linspace(0, len(frames) - 1, max_frames).round().astype(int))
-            frames = [frames[k] for k in keep]
-        videos.append(Video(r["video_id"], r["source"], int(r["label"]), folder.resolve(), frames, r["path"],
-                            r.get("file", "")))
-    return videos
-
+from layouts import FFPP_SOURCES, DataError, Video, load_videos  # noqa: F401 (re-exported)
 
 def eval_transform(size: int = 224) -> Callable[[torch.Tensor], torch.Tensor]:
     """The CLIP transform (clip_vit.image_transform): uint8 [3, H, W] -> float [3, size, size],
@@ -127,12 +72,23 @@ def train_transform(size: int = 224) -> Callable[[torch.Tensor], torch.Tensor]:
     ])
 
 
+def read_crop(crop: str | Path | np.ndarray) -> torch.Tensor | None:
+    """A crop file (PNG/JPEG) or an RGB array [H, W, 3] as a uint8 [3, H, W] RGB tensor; None
+    when the file cannot be read as an image."""
+    if not isinstance(crop, np.ndarray):
+        bgr = cv2.imread(str(crop), cv2.IMREAD_COLOR)  # [H, W, 3] BGR or None
+        if bgr is None:
+            return None
+        crop = bgr[:, :, ::-1]
+    return torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)
+
+
 def read_rgb(path: str | Path) -> torch.Tensor:
-    """A PNG/JPEG crop as a uint8 [3, H, W] RGB tensor."""
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)  # [H, W, 3]
-    if bgr is None:
-        raise SystemExit(f"cannot read image {path}")
-    return torch.from_numpy(np.ascontiguousarray(bgr[:, :, ::-1])).permute(2, 0, 1)
+    """A crop file as uint8 [3, H, W] RGB; DataError naming the file when it cannot be read."""
+    image = read_crop(path)
+    if image is None:
+        raise DataError(f"cannot read crop {path} as an image; re-run preprocess.py for its video")
+    return image
 
 
 class FrameDataset(Dataset):
@@ -234,3 +190,117 @@ def make_loader(dataset: FrameDataset, batch_size: int, sampler: Sampler[int] | 
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       worker_init_fn=seed_worker, generator=g, pin_memory=pin_memory,
                       persistent_workers=False, drop_last=False)
+
+
+# ----------------------------------------------------------------------------- scoring a split
+
+class Crops(Dataset):
+    """Crop files or RGB arrays -> (CLIP-transformed image [3, S, S], readable). An unreadable file
+    gives zeros and readable=False rather than an exception, so that the main process can name the
+    files (an exception inside a loader worker surfaces as a long traceback)."""
+
+    def __init__(self, items: list, size: int = 224):
+        self.items, self.size = items, size
+        self.transform = eval_transform(size)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, bool]:
+        image = read_crop(self.items[i])
+        if image is None:
+            return torch.zeros(3, self.size, self.size), False
+        return self.transform(image), True
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, items: list, device: torch.device, batch_size: int = 64,
+            workers: int = 0, desc: str = "frames") -> np.ndarray:
+    """p_fake = softmax(logits)[:, 1] of each crop (file or RGB array), in order: float64 [len(items)].
+    bf16 autocast on CUDA as in training, fp32 on the CPU. DataError names unreadable crop files."""
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(Crops(items), batch_size=batch_size, shuffle=False, num_workers=workers,
+                        pin_memory=device.type == "cuda")
+    out, readable = [], []
+    for images, ok in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = model(images.to(device, non_blocking=True))      # [N, 2]
+        out.append(torch.softmax(logits.float(), dim=-1)[:, 1].cpu())
+        readable.append(ok)
+    model.train(was_training)
+    if not out:
+        return np.zeros(0)
+    bad = [items[i] for i in torch.cat(readable).logical_not().nonzero().flatten().tolist()]
+    if bad:
+        raise DataError(f"{len(bad)} crop file(s) cannot be read as images, e.g. {bad[0]}; "
+                        f"re-run preprocess.py for their videos")
+    return torch.cat(out).double().numpy()
+
+
+def video_scores(video_keys, frame_scores) -> dict:
+    """Mean p_fake per video: {video key: mean of that video's frame scores}, first-seen order
+    (the paper's video score)."""
+    sums: dict = {}
+    counts: dict = {}
+    for key, s in zip(video_keys, np.asarray(frame_scores, dtype=np.float64).reshape(-1)):
+        sums[key] = sums.get(key, 0.0) + float(s)
+        counts[key] = counts.get(key, 0) + 1
+    return {k: sums[k] / counts[k] for k in sums}
+
+
+def equal_error_rate(fpr: np.ndarray, tpr: np.ndarray) -> float:
+    """EER: the rate where FPR = FNR on the ROC curve, linearly interpolated between points.
+
+    Along the curve (thresholds decreasing) FNR - FPR falls from 1 to -1; the EER is where
+    the segment between the last point with FNR > FPR and the first with FNR <= FPR crosses 0.
+    """
+    fnr = 1.0 - tpr
+    diff = fnr - fpr                                   # non-increasing along the curve
+    i = int(np.argmax(diff <= 0))                      # first point at or past the crossing
+    if diff[i] == 0 or i == 0:
+        return float(fpr[i])
+    t = diff[i - 1] / (diff[i - 1] - diff[i])          # fraction of the segment to the crossing
+    return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
+
+
+def compute_metrics(labels, scores, threshold: float = 0.5) -> dict:
+    """AUROC, AP, EER and accuracy at `threshold` for labels (1 = fake) and scores (p_fake).
+
+    Used for frames and videos alike. With one class only AUROC/AP/EER are None and `undefined`
+    says why; accuracy is still given. A sample counts as fake when p_fake > threshold (the
+    argmax of the two logits; a tie goes to real).
+    """
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if labels.shape != scores.shape:
+        raise ValueError(f"labels and scores differ in length: {labels.size} vs {scores.size}")
+    if labels.size == 0:
+        raise ValueError("no samples to compute metrics on")
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError(f"labels must be 0 (real) or 1 (fake), found {sorted(set(labels.tolist()))}")
+    if not np.isfinite(scores).all():
+        raise ValueError(f"scores must be finite, found {int((~np.isfinite(scores)).sum())} NaN/inf")
+    n_fake = int(labels.sum())
+    n_real = int(labels.size - n_fake)
+    out = {"n": int(labels.size), "n_real": n_real, "n_fake": n_fake,
+           "auroc": None, "ap": None, "eer": None,
+           "acc": float(((scores > threshold).astype(np.int64) == labels).mean())}
+    if n_real == 0 or n_fake == 0:
+        only = "fake" if n_real == 0 else "real"
+        out["undefined"] = (f"only {only} samples ({labels.size}): AUROC, AP and EER need both "
+                            f"real and fake samples")
+        return out
+    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
+    out["auroc"] = float(roc_auc_score(labels, scores))
+    out["ap"] = float(average_precision_score(labels, scores))
+    out["eer"] = equal_error_rate(fpr, tpr)
+    return out
+
+
+def score_videos(model: torch.nn.Module, videos: list[Video], device: torch.device, batch_size: int = 64,
+                 workers: int = 0, desc: str = "frames") -> tuple[np.ndarray, np.ndarray]:
+    """Every crop of `videos` scored: (frame p_fake [F], video p_fake [V] = mean over its frames)."""
+    frame_p = predict(model, [f for v in videos for f in v.frames], device, batch_size, workers, desc)
+    per_video = video_scores([v.path for v in videos for _ in v.frames], frame_p)
+    return frame_p, np.array([per_video[v.path] for v in videos])

@@ -25,21 +25,21 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
-from torch.utils.data import DataLoader, Dataset
+from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm import tqdm
 
 import clip_vit
 import data
 import preprocess
+from data import compute_metrics, predict, video_scores  # noqa: F401 (documented here too)
+from layouts import (FFPP_METHODS, IMAGE_EXTS, INDEX_FIELDS, VIDEO_EXTS, DataError, Video,
+                     command_for, load_videos)
 
 # the paper's cross-dataset columns, in its order, and how the table names them
 PAPER_DATASETS = ["cdfv2", "dfd", "dfdc", "ffiw", "dsv1"]
 ALL_DATASETS = PAPER_DATASETS + ["ff++", "dfdcp", "folder"]
 DISPLAY = {"cdfv2": "CDFv2", "dfd": "DFD", "dfdc": "DFDC", "ffiw": "FFIW", "dsv1": "DSv1",
            "ff++": "FF++", "dfdcp": "DFDCP", "folder": "folder"}
-FFPP_METHODS = {"Deepfakes": "DF", "Face2Face": "F2F", "FaceSwap": "FS", "NeuralTextures": "NT",
-                "FaceShifter": "FSh", "DeepFakeDetection": "DFD"}
 PROMPTS = ("a photo of a real face", "a photo of a fake face")  # class 0, class 1
 
 
@@ -49,79 +49,14 @@ def display(dataset: str) -> str:
     return DISPLAY.get(base, base) + (f" {compression}" if compression else "")
 
 
-# ----------------------------------------------------------------------------- metrics
-
-def equal_error_rate(fpr: np.ndarray, tpr: np.ndarray) -> float:
-    """EER: the rate where FPR = FNR on the ROC curve, linearly interpolated between points.
-
-    Along the curve (thresholds decreasing) FNR - FPR falls from 1 to -1; the EER is where
-    the segment between the last point with FNR > FPR and the first with FNR <= FPR crosses 0.
-    """
-    fnr = 1.0 - tpr
-    diff = fnr - fpr                                   # non-increasing along the curve
-    i = int(np.argmax(diff <= 0))                      # first point at or past the crossing
-    if diff[i] == 0 or i == 0:
-        return float(fpr[i])
-    t = diff[i - 1] / (diff[i - 1] - diff[i])          # fraction of the segment to the crossing
-    return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
-
-
-def compute_metrics(labels, scores, threshold: float = 0.5) -> dict:
-    """AUROC, AP, EER and accuracy at `threshold` for labels (1 = fake) and scores (p_fake).
-
-    Used for frames and videos alike. With one class only AUROC/AP/EER are None and `undefined`
-    says why; accuracy is still given. A sample counts as fake when p_fake > threshold (the
-    argmax of the two logits; a tie goes to real).
-    """
-    labels = np.asarray(labels).astype(np.int64).reshape(-1)
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    if labels.shape != scores.shape:
-        raise ValueError(f"labels and scores differ in length: {labels.size} vs {scores.size}")
-    if labels.size == 0:
-        raise ValueError("no samples to compute metrics on")
-    if not np.isin(labels, (0, 1)).all():
-        raise ValueError(f"labels must be 0 (real) or 1 (fake), found {sorted(set(labels.tolist()))}")
-    if not np.isfinite(scores).all():
-        raise ValueError(f"scores must be finite, found {int((~np.isfinite(scores)).sum())} NaN/inf")
-    n_fake = int(labels.sum())
-    n_real = int(labels.size - n_fake)
-    out = {"n": int(labels.size), "n_real": n_real, "n_fake": n_fake,
-           "auroc": None, "ap": None, "eer": None,
-           "acc": float(((scores > threshold).astype(np.int64) == labels).mean())}
-    if n_real == 0 or n_fake == 0:
-        only = "fake" if n_real == 0 else "real"
-        out["undefined"] = (f"only {only} samples ({labels.size}): AUROC, AP and EER need both "
-                            f"real and fake samples")
-        return out
-    fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
-    out["auroc"] = float(roc_auc_score(labels, scores))
-    out["ap"] = float(average_precision_score(labels, scores))
-    out["eer"] = equal_error_rate(fpr, tpr)
-    return out
-
-
-def video_scores(video_keys, frame_scores) -> dict:
-    """Mean p_fake per video: {video key: mean of that video's frame scores}, first-seen order."""
-    sums: dict = {}
-    counts: dict = {}
-    for key, s in zip(video_keys, np.asarray(frame_scores, dtype=np.float64).reshape(-1)):
-        sums[key] = sums.get(key, 0.0) + float(s)
-        counts[key] = counts.get(key, 0) + 1
-    return {k: sums[k] / counts[k] for k in sums}
-
-
 # ----------------------------------------------------------------------------- data
-
-class DataError(ValueError):
-    """A preprocessed split that cannot be evaluated as it is (one-line reason)."""
-
 
 def layout_help(data: Path, dataset: str, split: str) -> str:
     """Where evaluate.py looks and the preprocess.py command that writes it."""
     return (f"expected {data}/{dataset}/{split}/index.csv (columns "
-            f"video_id,source,label,n_frames,path,file) and crops "
+            f"{','.join(INDEX_FIELDS)}) and crops "
             f"{data}/{dataset}/{split}/<source>/<video_id>/<frame>.png; create them with: "
-            f"{preprocess.command_for(dataset, data)}")
+            f"{command_for(dataset, data)}")
 
 
 def find_split(data: Path, dataset: str, split: str = "test") -> Path | None:
@@ -130,39 +65,6 @@ def find_split(data: Path, dataset: str, split: str = "test") -> Path | None:
     if not index.is_file() or index.stat().st_size == 0:
         return None
     return index.parent
-
-
-def load_split(split_dir: Path, dataset: str) -> list[data.Video]:
-    """Every video of the split with all its crops; DataError when index.csv and crops disagree."""
-    try:
-        return data.load_videos(split_dir.parent.parent, dataset, split_dir.name, sources=None, max_frames=None)
-    except SystemExit as e:  # data.py's one-line errors (a listed folder without crops, ...)
-        raise DataError(str(e)) from None
-
-
-class Crops(Dataset):
-    """Face crops -> (CLIP-transformed tensor [3, 224, 224], readable); from files or arrays.
-
-    An unreadable file gives zeros and readable=False instead of an exception, so the main
-    process can name the files: an exception in a loader worker surfaces as a traceback."""
-
-    def __init__(self, items: list, size: int = 224):
-        self.items = items       # Path or np.ndarray [H, W, 3] uint8 RGB
-        self.size = size
-        self.transform = clip_vit.image_transform(size)
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, bool]:
-        item = self.items[i]
-        if isinstance(item, Path):
-            item = cv2.imread(str(item), cv2.IMREAD_COLOR)               # [H, W, 3] BGR or None
-            if item is None:
-                return torch.zeros(3, self.size, self.size), False
-            item = item[:, :, ::-1]                                       # RGB
-        image = torch.from_numpy(np.ascontiguousarray(item)).permute(2, 0, 1)  # [3, H, W] uint8
-        return self.transform(image), True
 
 
 # ----------------------------------------------------------------------------- models
@@ -242,43 +144,15 @@ def load_trained_detector(args, benchmark: bool) -> tuple[nn.Module, str, str]:
     return detector, f"{path.parent.name}/{path.name}", str(path.parent / f"eval-{path.stem}")
 
 
-@torch.inference_mode()
-def predict(model: nn.Module, items: list, device: torch.device, batch_size: int = 64,
-            workers: int = 0, desc: str = "frames") -> np.ndarray:
-    """p_fake for each item (crop path or RGB array), in order: float64 [len(items)].
-    DataError naming the crop files that cannot be read."""
-    loader = DataLoader(Crops(items), batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda")
-    out, readable = [], []
-    for images, ok in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
-        images = images.to(device, non_blocking=True)
-        # bf16 on GPU as in training; plain fp32 on CPU
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            logits = model(images)                                   # [N, 2]
-        out.append(torch.softmax(logits.float(), dim=-1)[:, 1].cpu())
-        readable.append(ok)
-    if not out:
-        return np.zeros(0)
-    bad = [items[i] for i in torch.cat(readable).logical_not().nonzero().flatten().tolist()]
-    if bad:
-        raise DataError(f"{len(bad)} crop file(s) cannot be read as images, e.g. {bad[0]}; "
-                        f"re-run preprocess.py for their videos")
-    return torch.cat(out).double().numpy()
-
-
 # ----------------------------------------------------------------------------- one dataset
 
-def evaluate_dataset(model: nn.Module, dataset: str, split_dir: Path, videos: list[data.Video],
+def evaluate_dataset(model: nn.Module, dataset: str, split_dir: Path, videos: list[Video],
                      args, out_dir: Path, label: str) -> dict:
     """Score every crop of a split; write videos.csv, metrics.json and roc.png under out_dir."""
-    items = [f for v in videos for f in v.frames]
-    keys = [v.path for v in videos for _ in v.frames]
+    scores, video_p = data.score_videos(model, videos, torch.device(args.device), args.batch_size,
+                                        args.workers, desc=f"{dataset} {split_dir.name}")
     frame_labels = np.array([v.label for v in videos for _ in v.frames])
-    scores = predict(model, items, torch.device(args.device), args.batch_size, args.workers,
-                     desc=f"{dataset} {split_dir.name}")
-    per_video = video_scores(keys, scores)
     video_labels = np.array([v.label for v in videos])
-    video_p = np.array([per_video[v.path] for v in videos])
 
     result = {"dataset": dataset, "split": split_dir.name, "model": label,
               "data": str(split_dir), "video": compute_metrics(video_labels, video_p),
@@ -298,7 +172,7 @@ def evaluate_dataset(model: nn.Module, dataset: str, split_dir: Path, videos: li
     return result
 
 
-def write_dataset_outputs(out_dir: Path, result: dict, videos: list[data.Video], video_p: np.ndarray,
+def write_dataset_outputs(out_dir: Path, result: dict, videos: list[Video], video_p: np.ndarray,
                           curves: list) -> None:
     """videos.csv, roc.png (none for one class) and metrics.json, which lists the files."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -453,7 +327,7 @@ def no_data_error(data_dir: Path, names: list[str], split: str) -> str:
         return f"data directory {data_dir}/ does not exist; " + layout_help(data_dir, names[0], split)
     if len(names) == 1:
         return f"no {names[0]} preprocessed in {data_dir}/; " + layout_help(data_dir, names[0], split)
-    example = preprocess.command_for(names[0], data_dir)
+    example = command_for(names[0], data_dir)
     return (f"none of {', '.join(names)} is preprocessed in {data_dir}/; expected "
             f"{data_dir}/<dataset>/{split}/index.csv and crops under it; create them with "
             f"`python preprocess.py --out {data_dir}` (every dataset found under datasets/) or one "
@@ -473,7 +347,7 @@ def run_benchmarks(args) -> dict:
     for d in names:
         if found[d] is not None:
             try:
-                videos[d] = load_split(found[d], d)
+                videos[d] = load_videos(data_dir, d, args.split, sources=None, max_frames=None)
             except DataError as e:
                 failed[d] = str(e)
     if not videos:
@@ -528,7 +402,7 @@ def list_inputs(args) -> list[tuple[Path, str]]:
         if not root.is_dir():
             raise SystemExit(f"--input {root}: not a folder")
         files = sorted(p for p in root.rglob("*") if p.is_file())
-        exts = preprocess.VIDEO_EXTS | preprocess.IMAGE_EXTS
+        exts = VIDEO_EXTS | IMAGE_EXTS
         media = [p for p in files if p.suffix.lower() in exts]
         if not media:
             raise SystemExit(f"--input {root}: no video or image file ({' '.join(sorted(exts))}) found")

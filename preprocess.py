@@ -17,11 +17,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import csv
 import functools
-import glob
 import importlib.util
-import io
 import json
 import multiprocessing as mp
 import os
@@ -39,41 +36,16 @@ import dlib
 import numpy as np
 from tqdm import tqdm
 
-DATASETS = ("ff++", "dfd", "cdfv2", "dfdc", "dfdcp", "ffiw", "dsv1", "folder")
-VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+from layouts import (DATASETS, FAILURE_FIELDS, IMAGE_EXTS, WHERE_TO_GET, LayoutError, Video,
+                     atomic_write, csv_text, default_roots, find_dataset,
+                     find_datasets, list_videos, output_name, read_failures, rel_path,
+                     write_index)
+
 KEYPOINTS_68 = (37, 44, 30, 49, 55)  # left eye, right eye, nose tip, mouth corners (0-based)
 # 5-point template on a 96x112 face (x, y), the one the protocol aligns to
 TEMPLATE_96x112 = np.array([[30.2946, 51.6963], [65.5318, 51.5014], [48.0252, 71.7366],
                             [33.5493, 92.3655], [62.7299, 92.2041]], dtype=np.float64)
-FFPP_METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "FaceShifter")
 LANDMARKS_REL = "face_recognition_models/models/shape_predictor_68_face_landmarks.dat"
-
-# where `python preprocess.py` (no arguments) looks, and where to get each dataset
-DEFAULT_ROOTS = {
-    "ff++": ["datasets/FaceForensics++"],
-    "dfd": ["datasets/FaceForensics++", "datasets/DFD"],
-    "cdfv2": ["datasets/Celeb-DF-v2"],
-    "dfdc": ["datasets/DFDC"],
-    "dfdcp": ["datasets/DFDC-Preview"],
-    "ffiw": ["datasets/FFIW10K"],
-    "dsv1": ["datasets/DeepSpeak-v1"],
-    "folder": ["datasets/folder"],
-}
-WHERE_TO_GET = {
-    "ff++": "FaceForensics++: request access at https://github.com/ondyari/FaceForensics "
-            "(download script: -d all -c c23 -t videos, and -t masks)",
-    "dfd": "DeepFakeDetection (DFD): same FaceForensics++ download script, "
-           "-d DeepFakeDetection_original and -d DeepFakeDetection (-t videos, -t masks)",
-    "cdfv2": "Celeb-DF v2: request form at https://github.com/yuezunli/celeb-deepfakeforensics",
-    "dfdc": "DFDC public test set: https://ai.meta.com/datasets/dfdc/ "
-            "(or Kaggle 'deepfake-detection-challenge')",
-    "dfdcp": "DFDC Preview: https://ai.meta.com/datasets/dfdc/ (preview dataset)",
-    "ffiw": "FFIW10K: request at https://github.com/tfzhou/FFIW",
-    "dsv1": "DeepSpeak v1: https://huggingface.co/datasets/faridlab/deepspeak_v1 (accept terms)",
-    "folder": "your own videos/images: datasets/folder/<source>/... "
-              "('real' in a source name = real)",
-}
 
 
 # ----------------------------------------------------------------------------- face models
@@ -405,295 +377,6 @@ def extract_faces(path, n_frames: int | None = 32, size: int = 256, scale: float
     return face_tracks(frames, indices, models, size, scale, detect_side)
 
 
-# ----------------------------------------------------------------------------- datasets
-
-@dataclass
-class Video:
-    split: str
-    source: str
-    video_id: str
-    label: int            # 0 real, 1 fake
-    file: Path            # the video (or image) file: root / <path in the dataset>
-    mask: Path | None = None   # manipulation mask video (FF++/DFD), when present
-
-
-class LayoutError(ValueError):
-    """--root does not hold the dataset's official layout."""
-
-
-def _listing(path: Path, limit: int = 12) -> str:
-    """What is actually at `path`, for error messages."""
-    if not path.exists():
-        return f"{path} does not exist"
-    if not path.is_dir():
-        return f"{path} is a file"
-    names = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
-    more = f" ... ({len(names)} entries)" if len(names) > limit else ""
-    return f"{path} contains: " + (", ".join(names[:limit]) + more if names else "nothing")
-
-
-def _deepest(root: Path, rel: str) -> Path:
-    """The deepest existing folder along root/rel (where the expected layout stops)."""
-    path = root
-    for part in Path(rel).parts:
-        if not (path / part).is_dir():
-            break
-        path = path / part
-    return path
-
-
-def _layout_error(dataset: str, root: Path, expected: str, probe: str = "") -> LayoutError:
-    found = _listing(_deepest(root, probe) if probe else root)
-    return LayoutError(f"--root {root} is not a {dataset} folder: expected {expected}; "
-                       f"found: {found}")
-
-
-@contextlib.contextmanager
-def _reading(path: Path, expected: str):
-    """A malformed listing file (split files, labels.csv, dataset.json) -> one LayoutError
-    naming the file and what it should hold, instead of a traceback from deep in the parser."""
-    try:
-        yield
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
-        raise LayoutError(f"{path} is not {expected} ({type(e).__name__}: {e})") from None
-
-
-def _media(folder: Path, recursive: bool = True, images: bool = False) -> list[Path]:
-    exts = VIDEO_EXTS | (IMAGE_EXTS if images else set())
-    files = folder.rglob("*") if recursive else folder.glob("*")
-    return sorted(p for p in files if p.suffix.lower() in exts and p.is_file()
-                  and not p.name.startswith("."))
-
-
-def _uniquify(videos: list[Video], roots: dict[str, Path]) -> list[Video]:
-    """Video ids are file stems; where files of one split/source share a stem, their path
-    below the source folder ('__' for '/') is used instead, with the extension where even that
-    is shared (clip.mp4 and clip.png): one output folder per file, none overwritten."""
-    for keep_suffix in (False, True):
-        count = Counter((v.split, v.source, v.video_id) for v in videos)
-        for v in videos:
-            if count[(v.split, v.source, v.video_id)] > 1:
-                rel = v.file.relative_to(roots[v.source])
-                v.video_id = "__".join((rel if keep_suffix else rel.with_suffix("")).parts)
-    return videos
-
-
-def _check_unique(videos: list[Video]) -> list[Video]:
-    """Two files with one output folder would overwrite each other's crops: stop instead."""
-    first: dict[tuple[str, str, str], Path] = {}
-    for v in videos:
-        other = first.setdefault((v.split, v.source, v.video_id), v.file)
-        if other != v.file:
-            raise LayoutError(f"{other} and {v.file} would both be written to "
-                              f"{v.split}/{v.source}/{v.video_id}; rename one of them")
-    return videos
-
-
-def _ffpp_splits(root: Path, splits_dir: str | None) -> dict[str, str]:
-    """Official FF++ split files -> {video id (real 'NNN' or fake 'NNN_MMM'): split}."""
-    dirs = [Path(splits_dir)] if splits_dir else \
-        [root, root / "splits", root / "dataset" / "splits"] + \
-        [Path(p).parent for p in sorted(glob.glob(str(root / "*" / "*" / "train.json")))]
-    for d in dirs:
-        if all((d / f"{s}.json").is_file() for s in ("train", "val", "test")):
-            break
-    else:
-        where = splits_dir or f"{root} (or {root}/splits)"
-        raise LayoutError(
-            f"FF++ split files train.json, val.json, test.json not found in {where}; get them "
-            "from https://github.com/ondyari/FaceForensics/tree/master/dataset/splits and put "
-            "them there or pass --splits DIR")
-    split_of = {}
-    for split in ("train", "val", "test"):
-        path = d / f"{split}.json"
-        with _reading(path, 'a JSON list of ["target", "source"] id pairs'):
-            for a, b in json.loads(path.read_text(encoding="utf-8-sig")):
-                split_of.update({a: split, b: split, f"{a}_{b}": split, f"{b}_{a}": split})
-    return split_of
-
-
-def _list_ffpp(root: Path, c: str, splits_dir: str | None) -> list[Video]:
-    real = root / "original_sequences" / "youtube" / c / "videos"
-    expected = (f"original_sequences/youtube/{c}/videos/*.mp4 and "
-                f"manipulated_sequences/{{{','.join(FFPP_METHODS[:4])}}}/{c}/videos/*.mp4")
-    if not real.is_dir():
-        raise _layout_error("FaceForensics++", root, expected,
-                            f"original_sequences/youtube/{c}/videos")
-    split_of = _ffpp_splits(root, splits_dir)
-    videos = []
-    for source in ("youtube",) + FFPP_METHODS:
-        base = root / ("original_sequences" if source == "youtube" else "manipulated_sequences")
-        folder = base / source / c / "videos"
-        masks = base / source / "masks" / "videos"
-        for f in _media(folder, recursive=False):
-            if f.stem in split_of:
-                mask = masks / f.name
-                videos.append(Video(split_of[f.stem], source, f.stem, int(source != "youtube"),
-                                    f, mask if mask.is_file() else None))
-    if not any(v.label for v in videos):
-        raise _layout_error("FaceForensics++", root, expected, f"manipulated_sequences")
-    return videos
-
-
-def _list_dfd(root: Path, c: str) -> list[Video]:
-    expected = (f"original_sequences/actors/{c}/videos/*.mp4 and "
-                f"manipulated_sequences/DeepFakeDetection/{c}/videos/*.mp4")
-    videos = []
-    for source, base in (("actors", "original_sequences"),
-                         ("DeepFakeDetection", "manipulated_sequences")):
-        folder = root / base / source / c / "videos"
-        if not folder.is_dir():
-            raise _layout_error("DFD", root, expected, f"{base}/{source}/{c}/videos")
-        masks = root / base / source / "masks" / "videos"
-        for f in _media(folder, recursive=False):
-            mask = masks / f.name
-            videos.append(Video("test", source, f.stem, int(source != "actors"), f,
-                                mask if mask.is_file() else None))
-    return videos
-
-
-def _list_cdfv2(root: Path) -> list[Video]:
-    sources = {"Celeb-real": 0, "YouTube-real": 0, "Celeb-synthesis": 1}
-    listing = root / "List_of_testing_videos.txt"
-    expected = "Celeb-real/, Celeb-synthesis/, YouTube-real/ and List_of_testing_videos.txt"
-    if not listing.is_file() or not all((root / s).is_dir() for s in sources):
-        raise _layout_error("Celeb-DF-v2", root, expected)
-    with _reading(listing, "lines '<1|0> <folder>/<file>.mp4'"):
-        lines = listing.read_text(encoding="utf-8-sig").splitlines()
-        test = {line.split()[1] for line in lines if line.strip()}
-    videos = []
-    for source, label in sources.items():
-        for f in _media(root / source, recursive=False):
-            rel = f"{source}/{f.name}"
-            videos.append(Video("test" if rel in test else "train", source, f.stem, label, f))
-    return videos
-
-
-def _list_dfdc(root: Path) -> list[Video]:
-    test = root / "test"
-    if not (test / "labels.csv").is_file() and (root / "labels.csv").is_file():
-        test = root  # --root points at the test folder itself
-    labels = test / "labels.csv"
-    if not labels.is_file():
-        raise _layout_error("DFDC", root, "test/labels.csv (filename,label) and the test "
-                            "videos under test/", "test")
-    files = {f.name: f for f in _media(test)}
-    videos, missing = [], []
-    expected = "a CSV with columns filename,label (label 1 = fake, 0 = real)"
-    with open(labels, newline="", encoding="utf-8-sig") as fh, _reading(labels, expected):
-        for row in csv.DictReader(fh):
-            f = files.get(Path(row["filename"]).name)
-            if f is None:
-                missing.append(row["filename"])
-                continue
-            label = int(float(row["label"]))
-            videos.append(Video("test", "fake" if label else "real", f.stem, label, f))
-    if missing:
-        print(f"warning: dfdc: {len(missing)} videos in labels.csv not found under {test} "
-              f"(e.g. {missing[0]})", file=sys.stderr)
-    if not videos:
-        raise _layout_error("DFDC", root, "the videos listed in test/labels.csv under test/",
-                            "test")
-    return videos
-
-
-def _list_dfdcp(root: Path) -> list[Video]:
-    index = root / "dataset.json"
-    if not index.is_file():
-        raise _layout_error("DFDC-Preview", root, "dataset.json and the video folders it "
-                            "lists (method_A/, method_B/, original_videos/)")
-    videos, roots = [], {}
-    with _reading(index, 'a JSON object {"<video path>": {"label": "real"|"fake", "set": ...}}'):
-        for rel, info in json.loads(index.read_text(encoding="utf-8-sig")).items():
-            f = root / rel
-            if not f.is_file():
-                continue
-            source = Path(rel).parts[0]
-            roots[source] = root / source
-            split = "train" if info.get("set", "test") == "train" else "test"
-            videos.append(Video(split, source, f.stem, int(info["label"] == "fake"), f))
-    if not videos:
-        raise _layout_error("DFDC-Preview", root, "the videos listed in dataset.json")
-    return _uniquify(videos, roots)
-
-
-def _list_ffiw(root: Path) -> list[Video]:
-    """FFIW10K: source/<split>/*.mp4 (real) and target/<split>/*.mp4 (fake); the release
-    folders (e.g. FFIW10K-v1-release/, FFIW10K-v1-release-test/) may sit one level down."""
-    videos = []
-    for base in [root] + sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
-        for source, label in (("source", 0), ("target", 1)):
-            for split in ("train", "val", "test"):
-                for f in _media(base / source / split):
-                    videos.append(Video(split, source, f.stem, label, f))
-    if not videos:
-        raise _layout_error("FFIW10K", root, "source/{train,val,test}/*.mp4 and "
-                            "target/{train,val,test}/*.mp4 (or release folders holding them)")
-    return videos
-
-
-def _list_sources(root: Path, name: str, splits: bool, images: bool) -> list[Video]:
-    """dsv1: root[/<split>]/<source>/**/<video>; folder: root/<source>/**/<video or image>,
-    all test (a source folder named test or train is a source there). 'real' in the source
-    name = real."""
-    split_dirs = [root / s for s in ("train", "val", "test") if splits and (root / s).is_dir()]
-    bases = [(d.name, d) for d in split_dirs] or [("test", root)]
-    videos, roots = [], {}
-    for split, base in bases:
-        for src in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
-            roots[src.name] = src
-            for f in _media(src, images=images):
-                videos.append(Video(split, src.name, f.stem, int("real" not in src.name.lower()),
-                                    f))
-    if not videos:
-        where = ", optionally under train/ and test/" if splits else ""
-        raise _layout_error(name, root, "<source>/<videos> sub-folders ('real' in a source "
-                            f"name = real, anything else fake){where}")
-    return _uniquify(videos, roots)
-
-
-def list_videos(dataset: str, root, compression: str = "c23",
-                splits_dir: str | None = None) -> list[Video]:
-    """Every video of a dataset in its official layout, with split, source and label.
-    Raises LayoutError (one message: what was expected, what was found) for a wrong root."""
-    root = Path(root)
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}, expected one of {', '.join(DATASETS)}")
-    if not root.is_dir():
-        raise LayoutError(f"--root {root} for {dataset}: expected a folder; "
-                          f"found: {_listing(root)}")
-    if dataset == "ff++":
-        videos = _list_ffpp(root, compression, splits_dir)
-    elif dataset == "dfd":
-        videos = _list_dfd(root, compression)
-    elif dataset == "cdfv2":
-        videos = _list_cdfv2(root)
-    elif dataset == "dfdc":
-        videos = _list_dfdc(root)
-    elif dataset == "dfdcp":
-        videos = _list_dfdcp(root)
-    elif dataset == "ffiw":
-        videos = _list_ffiw(root)
-    else:  # dsv1 may have train/ and test/ folders; folder is all test and holds images too
-        videos = _list_sources(root, dataset, splits=dataset == "dsv1",
-                               images=dataset == "folder")
-    return _check_unique(videos)
-
-
-def output_name(dataset: str, compression: str = "c23") -> str:
-    """Folder name under --out: ff++ / dfd at another compression go to ff++-c40 etc."""
-    return f"{dataset}-{compression}" if dataset in ("ff++", "dfd") and compression != "c23" \
-        else dataset
-
-
-def command_for(name: str, out: str | Path = "data") -> str:
-    """The command that writes <out>/<name>, for a folder name as output_name gives it (ff++-c40)."""
-    dataset, _, compression = name.partition("-")
-    flag = f" --compression {compression}" if compression else ""
-    root = DEFAULT_ROOTS.get(dataset, [f"datasets/{dataset}"])[0]
-    return f"python preprocess.py --dataset {dataset}{flag} --root {root} --out {out}"
-
-
 # ----------------------------------------------------------------------------- one video
 
 @dataclass
@@ -779,7 +462,7 @@ def process_video(job: Job, models: FaceModels) -> Result:
     crops = people[chosen]
     meta = {
         "dataset": job.dataset, "split": v.split, "source": v.source, "video_id": v.video_id,
-        "label": v.label, "file": _rel(v.file, job.root),
+        "label": v.label, "file": rel_path(v.file, job.root),
         "frames": [c.frame for c in crops],
         "boxes": [[round(x, 2) for x in c.box] for c in crops],
         "keypoints": [np.round(c.keypoints, 2).tolist() for c in crops],
@@ -815,66 +498,6 @@ def _run_job(job: Job) -> Result:
 
 # ----------------------------------------------------------------------------- bookkeeping
 
-FAILURE_FIELDS = ["split", "source", "video_id", "file", "reason"]
-INDEX_FIELDS = ["video_id", "source", "label", "n_frames", "path", "file"]
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def _csv_text(fields: list[str], rows: list[dict]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()
-
-
-def read_failures(path: Path) -> dict[tuple[str, str, str], dict]:
-    if not path.is_file():
-        return {}
-    with open(path, newline="") as fh:
-        return {(r["split"], r["source"], r["video_id"]): r for r in csv.DictReader(fh)}
-
-
-def write_index(split_dir: Path) -> int:
-    """<split>/index.csv from every finished video folder (meta.json, >= 1 crop)."""
-    rows = []
-    for meta_path in sorted(split_dir.glob("*/*/meta.json")):
-        if meta_path.parent.name.startswith("."):
-            continue
-        m = json.loads(meta_path.read_text())
-        if m.get("n_frames", 0) < 1:
-            continue
-        rows.append({"video_id": m["video_id"], "source": m["source"], "label": m["label"],
-                     "n_frames": m["n_frames"], "path": f"{m['source']}/{m['video_id']}",
-                     "file": m["file"]})
-    _write_atomic(split_dir / "index.csv", _csv_text(INDEX_FIELDS, rows))
-    return len(rows)
-
-
-def _select(videos: list[Video], split: str | None, limit: int | None,
-            where: str) -> list[Video]:
-    """Only `split` (when given); at most `limit` videos per split and source (a quick subset
-    for smoke runs)."""
-    if split:
-        splits = sorted({v.split for v in videos})
-        if split not in splits:
-            raise LayoutError(f"{where} has no split {split!r}; found: {', '.join(splits)}")
-        videos = [v for v in videos if v.split == split]
-    if limit:
-        count: Counter = Counter()
-        kept = []
-        for v in videos:
-            count[(v.split, v.source)] += 1
-            if count[(v.split, v.source)] <= limit:
-                kept.append(v)
-        videos = kept
-    return videos
-
 
 @contextlib.contextmanager
 def _results(jobs: list[Job], workers: int, landmarks: str | None):
@@ -897,6 +520,26 @@ def _results(jobs: list[Job], workers: int, landmarks: str | None):
         pool.shutdown()
 
 
+def _select(videos: list[Video], split: str | None, limit: int | None,
+            where: str) -> list[Video]:
+    """Only `split` (when given); at most `limit` videos per split and source (a quick subset
+    for smoke runs)."""
+    if split:
+        splits = sorted({v.split for v in videos})
+        if split not in splits:
+            raise LayoutError(f"{where} has no split {split!r}; found: {', '.join(splits)}")
+        videos = [v for v in videos if v.split == split]
+    if limit:
+        count: Counter = Counter()
+        kept = []
+        for v in videos:
+            count[(v.split, v.source)] += 1
+            if count[(v.split, v.source)] <= limit:
+                kept.append(v)
+        videos = kept
+    return videos
+
+
 def _process(jobs: list[Job], workers: int, landmarks: str | None, desc: str, root: Path,
              failures: dict, fail_path: Path) -> tuple[int, int]:
     """Run the jobs under a progress bar (videos, frames/s); a failure is written to
@@ -915,8 +558,8 @@ def _process(jobs: list[Job], workers: int, landmarks: str | None, desc: str, ro
             else:
                 failed += 1
                 failures[key] = {"split": v.split, "source": v.source, "video_id": v.video_id,
-                                 "file": _rel(v.file, root), "reason": r.reason}
-                _write_atomic(fail_path, _csv_text(FAILURE_FIELDS, list(failures.values())))
+                                 "file": rel_path(v.file, root), "reason": r.reason}
+                atomic_write(fail_path, csv_text(FAILURE_FIELDS, list(failures.values())))
                 tqdm.write(f"failed: {v.file}: {r.reason}")
             bar.update(1)
             bar.set_postfix(frames_s=f"{frames / max(time.time() - t0, 1e-9):.1f}",
@@ -957,7 +600,7 @@ def run_dataset(dataset: str, root, out="data", split: str | None = None,
     workers = max(1, min(workers or _cpu_count(), len(jobs) or 1))
     done, failed = _process(jobs, workers, landmarks, name, root, failures, fail_path)
     if failures or fail_path.exists():  # retried videos that now succeeded leave the file
-        _write_atomic(fail_path, _csv_text(FAILURE_FIELDS, list(failures.values())))
+        atomic_write(fail_path, csv_text(FAILURE_FIELDS, list(failures.values())))
     for s in sorted({v.split for v in videos}):
         if (ds_dir / s).is_dir():
             n = write_index(ds_dir / s)
@@ -969,44 +612,11 @@ def run_dataset(dataset: str, root, out="data", split: str | None = None,
             "total": len(videos)}
 
 
-def _rel(path: Path, root: Path) -> str:
-    try:
-        return str(path.relative_to(root))
-    except ValueError:
-        return str(path)
-
-
 def _cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count() or 1
-
-
-def _default_roots(name: str, base) -> list[Path]:
-    """Where the no-argument mode looks for a dataset (DEFAULT_ROOTS, under `base`)."""
-    return [Path(base) / Path(rel).relative_to("datasets") for rel in DEFAULT_ROOTS[name]]
-
-
-def find_dataset(name: str, base="datasets", compression: str = "c23",
-                 splits_dir: str | None = None) -> tuple[Path | None, str]:
-    """The dataset's usual folder under `base`: (root, "") when its layout is right, else
-    (None, why not)."""
-    why = ""
-    for root in _default_roots(name, base):
-        if root.is_dir():
-            try:
-                list_videos(name, root, compression, splits_dir)
-                return root, ""
-            except LayoutError as e:
-                why = str(e)
-    return None, why
-
-
-def find_datasets(base="datasets", compression: str = "c23",
-                  splits_dir: str | None = None) -> dict[str, tuple[Path | None, str]]:
-    """find_dataset for every dataset."""
-    return {name: find_dataset(name, base, compression, splits_dir) for name in DATASETS}
 
 
 # ----------------------------------------------------------------------------- command line
@@ -1062,7 +672,7 @@ def _report(found: dict[str, tuple[Path | None, str]], base: str) -> None:
         if root is not None:
             print(f"found   {name:7s} {root}")
         else:
-            tried = ", ".join(str(r) for r in _default_roots(name, base))
+            tried = ", ".join(str(r) for r in default_roots(name, base))
             print(f"missing {name:7s} (looked in {tried}) -> {WHERE_TO_GET[name]}"
                   + (f"\n        not usable: {why}" if why else ""))
 
@@ -1077,7 +687,7 @@ def _run(a: argparse.Namespace) -> None:
         if root is None:
             root, why = find_dataset(a.dataset, a.datasets_dir, a.compression, a.splits)
             if root is None:
-                tried = ", ".join(str(r) for r in _default_roots(a.dataset, a.datasets_dir))
+                tried = ", ".join(str(r) for r in default_roots(a.dataset, a.datasets_dir))
                 raise SystemExit(f"error: {a.dataset} not found (looked in {tried}"
                                  + (f"; {why}" if why else "") + "); pass --root PATH. "
                                  f"Get it: {WHERE_TO_GET[a.dataset]}")

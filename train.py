@@ -20,7 +20,6 @@ import json
 import math
 import os
 import random
-import sys
 import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -35,7 +34,7 @@ from tqdm import tqdm
 
 import clip_vit
 import data as data_lib
-from evaluate import compute_metrics, video_scores
+from layouts import DataError, atomic_write
 from losses import alignment, slerp_augment, uniformity
 
 
@@ -145,12 +144,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
 def checkpoint_config(cfg: TrainConfig) -> dict:
     # what evaluate.py / clip_vit.load_detector need (clip, normalize) + the whole recipe
     return {**asdict(cfg), "normalize": cfg.norm}
@@ -192,22 +185,12 @@ def objective(features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor
     return loss, parts
 
 
-@torch.no_grad()
-def validate(detector: nn.Module, loader, device: torch.device, amp: bool) -> dict:
+def validate(detector: nn.Module, videos: list, device: torch.device, batch_size: int, workers: int) -> dict:
     """Frame- and video-level AUROC of p_fake (video score = mean of its frames' p_fake)."""
-    detector.eval()
-    scores, videos = [], []
-    for images, _, v in tqdm(loader, desc="val", leave=False, dynamic_ncols=True):
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-            logits = detector(images.to(device, non_blocking=True))
-        scores.append(logits.float().softmax(-1)[:, 1].cpu())
-        videos.append(v)
-    detector.train()
-    frame_scores = torch.cat(scores).numpy()  # [F], in the dataset's order (no sampler)
-    per_video = video_scores(torch.cat(videos).tolist(), frame_scores)
-    video_labels = [loader.dataset.videos[v].label for v in per_video]
-    return {"val_video_auroc": compute_metrics(video_labels, list(per_video.values()))["auroc"],
-            "val_frame_auroc": compute_metrics(loader.dataset.labels.numpy(), frame_scores)["auroc"]}
+    frame_p, video_p = data_lib.score_videos(detector, videos, device, batch_size, workers, desc="val")
+    frame_labels = [v.label for v in videos for _ in v.frames]
+    return {"val_video_auroc": data_lib.compute_metrics([v.label for v in videos], video_p)["auroc"],
+            "val_frame_auroc": data_lib.compute_metrics(frame_labels, frame_p)["auroc"]}
 
 
 def fmt(x: float | None) -> str:
@@ -307,7 +290,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, amp: b
     log_path = run_dir / "log.jsonl"
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run_dir / "config.json", asdict(cfg))
+        atomic_write(run_dir / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
         trim_log(log_path, step)
         print(f"run {run_dir}: {len(train_set)} train frames of {len(train_videos)} videos, "
               f"{len(val_videos)} val videos; {cfg.clip} tuning={cfg.tuning} ({n_trainable:,} trainable), "
@@ -317,10 +300,6 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, amp: b
     model = TrainForward(detector, cfg.slerp)
     if distributed:
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    val_loader = None
-    if main and cfg.val:
-        val_set = data_lib.FrameDataset(val_videos, data_lib.eval_transform(size), seed=cfg.seed)
-        val_loader = data_lib.make_loader(val_set, cfg.val_batch_size, None, workers, cfg.seed, amp)
 
     saved_step = step if cfg.resume else None
 
@@ -391,8 +370,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, amp: b
 
         if step % steps_per_epoch == 0:  # the epoch is complete: validate, save last/best
             record = {"step": step, "epoch": epoch, "epoch_done": True}
-            if val_loader is not None:
-                record.update(validate(detector, val_loader, device, amp))
+            if main and cfg.val:
+                record.update(validate(detector, val_videos, device, cfg.val_batch_size, workers))
                 score = record["val_video_auroc"]
                 if score is not None and (best is None or score > best):
                     best = score
@@ -414,7 +393,11 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, amp: b
 
 
 def main(argv: list[str] | None = None) -> clip_vit.DeepfakeDetector:
-    return train(parse_args(argv))
+    cfg = parse_args(argv)
+    try:
+        return train(cfg)
+    except DataError as e:
+        raise SystemExit(f"error: {e}")
 
 
 if __name__ == "__main__":

@@ -67,11 +67,11 @@ def test_load_videos_default_sources_and_frames(tree):
 
 
 def test_missing_data_names_the_preprocess_command(tmp_path, tree):
-    with pytest.raises(SystemExit, match="python preprocess.py --dataset ff\\+\\+ --root datasets/FaceForensics\\+\\+"):
+    with pytest.raises(data.DataError, match="python preprocess.py --dataset ff\\+\\+ --root datasets/FaceForensics\\+\\+"):
         data.load_videos(tmp_path, "ff++", "train")
-    with pytest.raises(SystemExit, match="FaceShifterX"):
+    with pytest.raises(data.DataError, match="FaceShifterX"):
         data.load_videos(tree, sources=["FaceShifterX"])
-    with pytest.raises(SystemExit, match="--dataset ff\\+\\+ --compression c40 --root"):
+    with pytest.raises(data.DataError, match="--dataset ff\\+\\+ --compression c40 --root"):
         data.load_videos(tmp_path, "ff++-c40", "test")
 
 
@@ -82,7 +82,7 @@ def test_bad_index_is_one_clear_error(tmp_path):
                           ("video_id,source,label,n_frames,path,file\na,real,yes,1,real/a,\n", "label 0 or 1"),
                           ("video_id,source\na,real\n", "expected columns")):
         (split / "index.csv").write_text(text)
-        with pytest.raises(SystemExit, match=message) as e:
+        with pytest.raises(data.DataError, match=message) as e:
             data.load_videos(tmp_path, "cdfv2", "test", sources=None)
         assert "python preprocess.py --dataset cdfv2 --root datasets/Celeb-DF-v2" in str(e.value)
 
