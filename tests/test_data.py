@@ -1,8 +1,5 @@
-"""data.py on a tiny synthetic preprocessed tree (layout of CONTRACT.md)."""
-import csv
-import sys
+"""data.py on a tiny synthetic preprocessed tree (the layout preprocess.py writes)."""
 from pathlib import Path
-from typing import Sequence
 
 import pytest
 import torch
@@ -10,44 +7,12 @@ import torchvision.transforms.v2 as T
 import cv2
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import clip_vit  # noqa: E402
-import data  # noqa: E402
-
-
-def make_tree(root: Path, dataset: str = "ff++", splits=("train", "val"),
-              sources=("youtube", "Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"),
-              videos_per_source: int = 2, frames: Sequence = (0, 9, 18), size: int = 256,
-              seed: int = 0) -> Path:
-    """Writes <root>/<dataset>/<split>/{index.csv, <source>/<video_id>/<frame>.png}. Real crops
-    are bluish noise, fake crops reddish noise with a bright square, so a model can tell them apart."""
-    g = torch.Generator().manual_seed(seed)
-    for split in splits:
-        split_dir = root / dataset / split
-        rows = []
-        for s, source in enumerate(sources):
-            label = 0 if source == "youtube" else 1
-            for v in range(videos_per_source):
-                vid = f"{s}{v:02d}" if label == 0 else f"{s}{v:02d}_{v:03d}"
-                folder = split_dir / source / vid
-                folder.mkdir(parents=True, exist_ok=True)
-                for f in frames:
-                    img = torch.randint(0, 120, (3, size, size), generator=g, dtype=torch.uint8)
-                    img[2 if label == 0 else 0] += 100
-                    if label:
-                        img[:, size // 4: size // 2, size // 4: size // 2] = 250
-                    cv2.imwrite(str(folder / f"{f}.png"), img.permute(1, 2, 0).numpy()[:, :, ::-1])
-                rows.append(dict(video_id=vid, source=source, label=label, n_frames=len(frames),
-                                 path=f"{source}/{vid}", file=f"videos/{source}/{vid}.mp4"))
-        with open(split_dir / "index.csv", "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=["video_id", "source", "label", "n_frames", "path", "file"])
-            w.writeheader()
-            w.writerows(rows)
-    return root
+import clip_vit
+import data
 
 
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory) -> Path:
+def tree(tmp_path_factory, make_tree) -> Path:
     return make_tree(tmp_path_factory.mktemp("data"), size=64,
                      sources=("youtube", "Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures", "FaceShifter"),
                      frames=(0, 2, 9, 10, 18))

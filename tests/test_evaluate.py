@@ -80,37 +80,6 @@ def test_video_aggregation_is_mean_of_frames():
 
 # ----------------------------------------------------------------------------- benchmarks
 
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("runs") / "tiny" / "best.pt"
-    path.parent.mkdir(parents=True)
-    detector = clip_vit.build_detector("tiny")
-    with torch.no_grad():  # a head that makes p_fake depend on the image, far from 0.5
-        detector.head.weight.normal_(0, 5.0, generator=torch.Generator().manual_seed(1))
-    clip_vit.save_checkpoint(path, detector, {"clip": "tiny", "normalize": True})
-    return path
-
-
-def make_split(data: Path, dataset: str, videos: list, split: str = "test", seed: int = 0):
-    """Write a preprocessed split: crops <source>/<id>/<frame>.png + index.csv (CONTRACT.md)."""
-    rng = np.random.default_rng(seed)
-    split_dir = data / dataset / split
-    rows = []
-    for source, label, vid, frames in videos:
-        folder = split_dir / source / vid
-        folder.mkdir(parents=True)
-        for k in frames:
-            base = rng.integers(0, 256, 3)  # one colour per frame, plus noise: varied p_fake
-            img = np.clip(base + rng.normal(0, 40, (48, 48, 3)), 0, 255).astype(np.uint8)
-            cv2.imwrite(str(folder / f"{k}.png"), img)
-        (folder / "meta.json").write_text("{}")
-        rows.append([vid, source, label, len(frames), f"{source}/{vid}", f"{source}/{vid}.mp4"])
-    with open(split_dir / "index.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["video_id", "source", "label", "n_frames", "path", "file"])
-        w.writerows(rows)
-
-
 def direct_p_fake(ckpt: Path, files: list) -> np.ndarray:
     """p_fake of crop files computed without evaluate.py's loader."""
     det = clip_vit.load_detector(str(ckpt)).eval()
@@ -121,7 +90,7 @@ def direct_p_fake(ckpt: Path, files: list) -> np.ndarray:
         return torch.softmax(det(x), -1)[:, 1].double().numpy()
 
 
-def test_benchmark_one_dataset_outputs_consistent(tmp_path, tiny_ckpt, capsys):
+def test_benchmark_one_dataset_outputs_consistent(make_split, tmp_path, tiny_ckpt, capsys):
     data = tmp_path / "data"
     make_split(data, "cdfv2", [
         ("Celeb-real", 0, "id0_0000", [0, 9, 18]),
@@ -166,7 +135,7 @@ def test_benchmark_one_dataset_outputs_consistent(tmp_path, tiny_ckpt, capsys):
     assert (roc < 250).any(axis=2).mean() > 0.02  # something drawn, not a blank canvas
 
 
-def test_benchmark_all_missing_one_class_newest_run(tmp_path, tiny_ckpt, capsys):
+def test_benchmark_all_missing_one_class_newest_run(make_split, tmp_path, tiny_ckpt, capsys):
     data = tmp_path / "data"
     make_split(data, "ff++", [("youtube", 0, "000", [0, 1]), ("youtube", 0, "001", [0]),
                               ("Deepfakes", 1, "000_003", [0]), ("Deepfakes", 1, "001_002", [0, 1]),
@@ -263,7 +232,7 @@ def test_video_with_face_scored_and_without_face_says_so(tmp_path, tiny_ckpt, ca
     assert not person1 or float(person1[0]["p_fake"]) == pytest.approx(p)
 
 
-def test_zero_shot_baseline_same_outputs(tmp_path, capsys):
+def test_zero_shot_baseline_same_outputs(make_split, tmp_path, capsys):
     import gzip
     bpe = tmp_path / "bpe.txt.gz"  # a tiny BPE vocabulary: the prompts' bytes + a few merges
     with gzip.open(bpe, "wt", encoding="utf-8") as f:
@@ -293,7 +262,7 @@ def test_zero_shot_baseline_same_outputs(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- bad input
 
-def test_broken_datasets_listed_in_all_table_not_fatal(tmp_path, tiny_ckpt, capsys):
+def test_broken_datasets_listed_in_all_table_not_fatal(make_split, tmp_path, tiny_ckpt, capsys):
     data = tmp_path / "data"
     make_split(data, "cdfv2", [("Celeb-real", 0, "a", [0]), ("Celeb-synthesis", 1, "b", [0])])
     make_split(data, "ffiw", [("real", 0, "a", [0]), ("fake", 1, "b", [0, 1])], seed=1)

@@ -3,18 +3,16 @@ evaluate the checkpoint on FF++ test and on a single video."""
 import csv
 import json
 import shutil
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import _video_utils as U  # noqa: E402
-import evaluate  # noqa: E402
-import preprocess  # noqa: E402
-import train  # noqa: E402
+import _video_utils as U
+from layouts import FFPP_SOURCES
+import evaluate
+import preprocess
+import train
 
 SPLITS = {"train": [["000", "001"], ["002", "003"]], "val": [["004", "005"]], "test": [["006", "007"]]}
-METHODS = ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")
+METHODS = FFPP_SOURCES[1:]  # the paper's four manipulations
 
 
 def tiny_ffpp(root: Path) -> Path:

@@ -4,29 +4,14 @@ from __future__ import annotations
 import csv
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import _video_utils as U  # noqa: E402
-import preprocess as P  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def models() -> P.FaceModels:
-    return P.load_face_models()
-
-
-@pytest.fixture(scope="module")
-def face_video(tmp_path_factory) -> Path:
-    """8 frames of the astronaut (640x480, shifted, scaled, rotated), mp4v."""
-    return U.write_video(tmp_path_factory.mktemp("vid") / "face.mp4", U.face_frames(8))
+import _video_utils as U
+import preprocess as P
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -47,7 +32,7 @@ def keypoints_in_crop(crop: np.ndarray, models: P.FaceModels) -> np.ndarray:
 def test_template_and_similarity_fit():
     from skimage.transform import SimilarityTransform
     t = P.crop_template(256, 1.3)
-    # METHOD.md: x += 8, * S/112, + S*0.15, / 1.3
+    # the protocol: x += 8, * S/112, + S*0.15, / 1.3
     assert np.allclose(t[0], [(30.2946 + 8) * 256 / 112 / 1.3 + 256 * 0.15 / 1.3,
                               51.6963 * 256 / 112 / 1.3 + 256 * 0.15 / 1.3])
     rng = np.random.RandomState(0)

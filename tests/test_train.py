@@ -9,24 +9,22 @@ import pytest
 import torch
 import torch.nn as nn
 
+import clip_vit
+import train
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import clip_vit  # noqa: E402
-import train  # noqa: E402
-from test_data import make_tree  # noqa: E402
 
 # 10 videos (2 per source) x 4 frames = 40 training frames: 5 steps per epoch at batch 8
 FAST = ["--clip", "tiny", "--batch-size", "8", "--workers", "0", "--log-every", "1", "--lr", "3e-3", "--min-lr", "3e-4"]
 
 
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory) -> Path:
+def tree(tmp_path_factory, make_tree) -> Path:
     return make_tree(tmp_path_factory.mktemp("data"), videos_per_source=2, frames=(0, 3, 6, 9), size=64)
 
 
 @pytest.fixture(scope="module")
-def small(tmp_path_factory) -> Path:
+def small(tmp_path_factory, make_tree) -> Path:
     """20 frames: 3 steps per epoch at batch 8, the last one a partial batch of 4."""
     return make_tree(tmp_path_factory.mktemp("small"), videos_per_source=2, frames=(0, 5), size=64, seed=1)
 
@@ -169,7 +167,7 @@ def test_vit_l14_checkpoint_is_under_1_mb(tmp_path):
     for p in visual.parameters():
         p.data.zero_()
     detector = clip_vit.DeepfakeDetector(visual)
-    assert clip_vit.set_trainable(detector, "ln") == 102_400 + 2_050  # METHOD.md section 2
+    assert clip_vit.set_trainable(detector, "ln") == 102_400 + 2_050  # 50 LayerNorms (102,400) + Linear(1024, 2)
     path = tmp_path / "best.pt"
     train.save_model(path, detector, train.TrainConfig(), step=0)
     assert path.stat().st_size < 1_000_000, path.stat().st_size

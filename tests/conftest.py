@@ -1,0 +1,104 @@
+"""Shared fixtures: tiny preprocessed trees, face videos, face models and tiny checkpoints.
+
+Video helpers (a real face from scikit-image, moved and scaled) are in _video_utils.py."""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import _video_utils as U
+import clip_vit
+import preprocess
+from layouts import INDEX_FIELDS
+
+
+def make_tree(root: Path, dataset: str = "ff++", splits=("train", "val"),
+              sources=("youtube", "Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"),
+              videos_per_source: int = 2, frames: Sequence = (0, 9, 18), size: int = 256,
+              seed: int = 0) -> Path:
+    """Writes <root>/<dataset>/<split>/{index.csv, <source>/<video_id>/<frame>.png}. Real crops
+    are bluish noise, fake crops reddish noise with a bright square, so a model can tell them apart."""
+    g = torch.Generator().manual_seed(seed)
+    for split in splits:
+        split_dir = root / dataset / split
+        rows = []
+        for s, source in enumerate(sources):
+            label = 0 if source == "youtube" else 1
+            for v in range(videos_per_source):
+                vid = f"{s}{v:02d}" if label == 0 else f"{s}{v:02d}_{v:03d}"
+                folder = split_dir / source / vid
+                folder.mkdir(parents=True, exist_ok=True)
+                for f in frames:
+                    img = torch.randint(0, 120, (3, size, size), generator=g, dtype=torch.uint8)
+                    img[2 if label == 0 else 0] += 100
+                    if label:
+                        img[:, size // 4: size // 2, size // 4: size // 2] = 250
+                    cv2.imwrite(str(folder / f"{f}.png"), img.permute(1, 2, 0).numpy()[:, :, ::-1])
+                rows.append(dict(video_id=vid, source=source, label=label, n_frames=len(frames),
+                                 path=f"{source}/{vid}", file=f"videos/{source}/{vid}.mp4"))
+        with open(split_dir / "index.csv", "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=INDEX_FIELDS)
+            w.writeheader()
+            w.writerows(rows)
+    return root
+
+
+def make_split(data: Path, dataset: str, videos: list, split: str = "test", seed: int = 0):
+    """Write a preprocessed split: crops <source>/<id>/<frame>.png + index.csv."""
+    rng = np.random.default_rng(seed)
+    split_dir = data / dataset / split
+    rows = []
+    for source, label, vid, frames in videos:
+        folder = split_dir / source / vid
+        folder.mkdir(parents=True)
+        for k in frames:
+            base = rng.integers(0, 256, 3)  # one colour per frame, plus noise: varied p_fake
+            img = np.clip(base + rng.normal(0, 40, (48, 48, 3)), 0, 255).astype(np.uint8)
+            cv2.imwrite(str(folder / f"{k}.png"), img)
+        (folder / "meta.json").write_text("{}")
+        rows.append([vid, source, label, len(frames), f"{source}/{vid}", f"{source}/{vid}.mp4"])
+    with open(split_dir / "index.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(INDEX_FIELDS)
+        w.writerows(rows)
+
+
+@pytest.fixture(name="make_tree", scope="session")
+def make_tree_fixture():
+    """make_tree(root, ...): a preprocessed FF++-like tree of coloured-noise crops."""
+    return make_tree
+
+
+@pytest.fixture(name="make_split", scope="session")
+def make_split_fixture():
+    """make_split(data, dataset, [(source, label, video_id, frames)]): one preprocessed split."""
+    return make_split
+
+
+@pytest.fixture(scope="session")
+def models() -> preprocess.FaceModels:
+    """dlib's detector and the 68-point landmark model."""
+    return preprocess.load_face_models()
+
+
+@pytest.fixture(scope="session")
+def face_video(tmp_path_factory) -> Path:
+    """8 frames of the astronaut (640x480, shifted, scaled, rotated), mp4v."""
+    return U.write_video(tmp_path_factory.mktemp("vid") / "face.mp4", U.face_frames(8))
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("runs") / "tiny" / "best.pt"
+    path.parent.mkdir(parents=True)
+    detector = clip_vit.build_detector("tiny")
+    with torch.no_grad():  # a head that makes p_fake depend on the image, far from 0.5
+        detector.head.weight.normal_(0, 5.0, generator=torch.Generator().manual_seed(1))
+    clip_vit.save_checkpoint(path, detector, {"clip": "tiny", "normalize": True})
+    return path
