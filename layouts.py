@@ -17,7 +17,9 @@ import glob
 import io
 import json
 import os
+import re
 import sys
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -121,6 +123,8 @@ def _reading(path: Path, expected: str, error: type[ValueError] = LayoutError):
     the file and what it should hold, instead of a traceback from deep in the parser."""
     try:
         yield
+    except (LayoutError, DataError):
+        raise  # already says which line is wrong
     except (ValueError, KeyError, IndexError, TypeError, AttributeError, UnicodeDecodeError, csv.Error) as e:
         raise error(f"{path} is not {expected} ({type(e).__name__}: {e})") from None
 
@@ -156,8 +160,30 @@ def _check_unique(videos: list[Video]) -> list[Video]:
     return videos
 
 
+def _short(value, limit: int = 80) -> str:
+    """A value from a listing file as it reads there, cut for an error message."""
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _ffpp_pairs(path: Path) -> list[tuple[str, str]]:
+    """One official FF++ split file: a JSON list of [target, source] pairs of 3-digit ids."""
+    with _reading(path, 'a JSON list of ["target", "source"] id pairs'):
+        entries = json.loads(path.read_text(encoding="utf-8-sig"))
+    if not isinstance(entries, list) or not entries:
+        raise LayoutError(f'{path}: expected a JSON list of ["target", "source"] pairs of '
+                          f"3-digit ids (the official split file), got {_short(entries)}")
+    for i, pair in enumerate(entries, 1):
+        if not (isinstance(pair, list) and len(pair) == 2
+                and all(isinstance(x, str) and re.fullmatch(r"\d{3}", x) for x in pair)):
+            raise LayoutError(f'{path} entry {i}: expected a pair of 3-digit ids such as '
+                              f'["953", "974"], got {_short(pair)}')
+    return [tuple(pair) for pair in entries]
+
+
 def _ffpp_splits(root: Path, splits_dir: str | None) -> dict[str, str]:
-    """Official FF++ split files -> {video id (real 'NNN' or fake 'NNN_MMM'): split}."""
+    """Official FF++ split files -> {video id (real 'NNN' or fake 'NNN_MMM'): split}. An id in
+    two split files stops the listing (a test video in train would go unnoticed)."""
     dirs = [Path(splits_dir)] if splits_dir else \
         [root, root / "splits", root / "dataset" / "splits"] + \
         [Path(p).parent for p in sorted(glob.glob(str(root / "*" / "*" / "train.json")))]
@@ -170,13 +196,23 @@ def _ffpp_splits(root: Path, splits_dir: str | None) -> dict[str, str]:
             f"FF++ split files train.json, val.json, test.json not found in {where}; get them "
             "from https://github.com/ondyari/FaceForensics/tree/master/dataset/splits and put "
             "them there or pass --splits DIR")
-    split_of = {}
+    split_of: dict[str, str] = {}
     for split in ("train", "val", "test"):
         path = d / f"{split}.json"
-        with _reading(path, 'a JSON list of ["target", "source"] id pairs'):
-            for a, b in json.loads(path.read_text(encoding="utf-8-sig")):
-                split_of.update({a: split, b: split, f"{a}_{b}": split, f"{b}_{a}": split})
+        for i, (a, b) in enumerate(_ffpp_pairs(path), 1):
+            for vid in (a, b):
+                other = split_of.setdefault(vid, split)
+                if other != split:
+                    raise LayoutError(f"{path} entry {i}: id {vid} is in {other}.json too; "
+                                      "the official split files never share an id")
+            split_of.update({f"{a}_{b}": split, f"{b}_{a}": split})
     return split_of
+
+
+def _warn_missing(dataset: str, missing: list, where: str) -> None:
+    if missing:
+        print(f"warning: {dataset}: {len(missing)} videos listed in {where} not found, left "
+              f"out (e.g. {missing[0]})", file=sys.stderr)
 
 
 def _list_ffpp(root: Path, c: str, splits_dir: str | None) -> list[Video]:
@@ -187,18 +223,23 @@ def _list_ffpp(root: Path, c: str, splits_dir: str | None) -> list[Video]:
         raise _layout_error("FaceForensics++", root, expected,
                             f"original_sequences/youtube/{c}/videos")
     split_of = _ffpp_splits(root, splits_dir)
-    videos = []
+    videos, missing = [], []
     for source in ("youtube", *FFPP_METHODS):
         base = root / ("original_sequences" if source == "youtube" else "manipulated_sequences")
         folder = base / source / c / "videos"
         masks = base / source / "masks" / "videos"
-        for f in _media(folder, recursive=False):
+        found = {f.stem: f for f in _media(folder, recursive=False)}
+        for f in found.values():
             if f.stem in split_of:
                 mask = masks / f.name
                 videos.append(Video(split_of[f.stem], source, f.stem, int(source != "youtube"),
                                     f, mask if mask.is_file() else None))
+        # a method not downloaded at all is no gap; missing files of a downloaded one are
+        listed = [i for i in split_of if ("_" in i) == (source != "youtube")]
+        missing += [folder / f"{i}.mp4" for i in listed if i not in found and folder.is_dir()]
     if not any(v.label for v in videos):
         raise _layout_error("FaceForensics++", root, expected, "manipulated_sequences")
+    _warn_missing("ff++", missing, "the split files")
     return videos
 
 
@@ -219,24 +260,79 @@ def _list_dfd(root: Path, c: str) -> list[Video]:
     return videos
 
 
-def _list_cdfv2(root: Path) -> list[Video]:
-    sources = {"Celeb-real": 0, "YouTube-real": 0, "Celeb-synthesis": 1}
-    listing = root / "List_of_testing_videos.txt"
-    expected = "Celeb-real/, Celeb-synthesis/, YouTube-real/ and List_of_testing_videos.txt"
-    if not listing.is_file() or not all((root / s).is_dir() for s in sources):
-        raise _layout_error("Celeb-DF-v2", root, expected)
+CDFV2_SOURCES = {"Celeb-real": 0, "YouTube-real": 0, "Celeb-synthesis": 1}
+
+
+def _cdfv2_test_list(listing: Path, root: Path) -> set[str]:
+    """List_of_testing_videos.txt, checked line by line: `<label> <folder>/<file>.mp4`, where
+    this file's label is 1 = real, 0 = fake (the reverse of ours). A file with swapped columns
+    would otherwise match no video and silently put every video in train."""
+    expected = ("expected `<label> <folder>/<file>.mp4` with label 0 or 1 and folder "
+                f"{', '.join(CDFV2_SOURCES)}")
     with _reading(listing, "lines '<1|0> <folder>/<file>.mp4'"):
         lines = listing.read_text(encoding="utf-8-sig").splitlines()
-        test = {line.split()[1] for line in lines if line.strip()}
+    test = set()
+    for n, line in enumerate(lines, 1):
+        parts = line.split()
+        if not parts:
+            continue
+        folder = Path(parts[-1]).parts[0] if len(Path(parts[-1]).parts) == 2 else None
+        if len(parts) != 2 or parts[0] not in ("0", "1") or folder not in CDFV2_SOURCES:
+            raise LayoutError(f"{listing} line {n}: {expected}, got {_short(line.strip())!r}")
+        want = 1 - CDFV2_SOURCES[folder]
+        if int(parts[0]) != want:
+            raise LayoutError(f"{listing} line {n}: label {parts[0]} for a {folder} video, "
+                              f"expected {want} (in this file 1 = real, 0 = fake)")
+        if not (root / parts[1]).is_file():
+            raise LayoutError(f"{listing} line {n}: {root / parts[1]} does not exist; complete "
+                              "the Celeb-DF-v2 download (or point --root at its folder)")
+        test.add(parts[1])
+    if not test:
+        raise LayoutError(f"{listing} lists no video; {expected}, one per test video")
+    return test
+
+
+def _list_cdfv2(root: Path) -> list[Video]:
+    listing = root / "List_of_testing_videos.txt"
+    expected = "Celeb-real/, Celeb-synthesis/, YouTube-real/ and List_of_testing_videos.txt"
+    if not listing.is_file() or not all((root / s).is_dir() for s in CDFV2_SOURCES):
+        raise _layout_error("Celeb-DF-v2", root, expected)
+    test = _cdfv2_test_list(listing, root)
     videos = []
-    for source, label in sources.items():
+    for source, label in CDFV2_SOURCES.items():
         for f in _media(root / source, recursive=False):
             rel = f"{source}/{f.name}"
             videos.append(Video("test" if rel in test else "train", source, f.stem, label, f))
     return videos
 
 
+def _dfdc_labels(labels: Path) -> list[tuple[str, int]]:
+    """labels.csv, checked row by row: (file name, label 1 = fake / 0 = real) per row."""
+    expected = "expected `<file>.mp4,<label>` with label 0 (real) or 1 (fake)"
+    with _reading(labels, "a CSV with columns filename,label (label 1 = fake, 0 = real)"), \
+            open(labels, newline="", encoding="utf-8-sig") as fh:
+        reader = csv.reader(fh)
+        header = [h.strip() for h in next(reader, [])]
+        if "filename" not in header or "label" not in header:
+            raise LayoutError(f"{labels} line 1: expected the columns filename,label (label "
+                              f"1 = fake, 0 = real), got {_short(','.join(header))!r}")
+        i, j = header.index("filename"), header.index("label")
+        rows = []
+        for row in reader:
+            if not any(c.strip() for c in row):
+                continue
+            name = row[i].strip() if len(row) > i else ""
+            label = row[j].strip() if len(row) > j else ""
+            if not name or label not in ("0", "1", "0.0", "1.0"):
+                raise LayoutError(f"{labels} line {reader.line_num}: {expected}, "
+                                  f"got {_short(','.join(row))!r}")
+            rows.append((name, int(float(label))))
+    return rows
+
+
 def _list_dfdc(root: Path) -> list[Video]:
+    """DFDC test set. Videos of labels.csv that are not on disk are left out with a warning, not
+    an error: the test set comes in parts, and a missing part is common."""
     test = root / "test"
     if not (test / "labels.csv").is_file() and (root / "labels.csv").is_file():
         test = root  # --root points at the test folder itself
@@ -246,18 +342,13 @@ def _list_dfdc(root: Path) -> list[Video]:
                             "videos under test/", "test")
     files = {f.name: f for f in _media(test)}
     videos, missing = [], []
-    expected = "a CSV with columns filename,label (label 1 = fake, 0 = real)"
-    with open(labels, newline="", encoding="utf-8-sig") as fh, _reading(labels, expected):
-        for row in csv.DictReader(fh):
-            f = files.get(Path(row["filename"]).name)
-            if f is None:
-                missing.append(row["filename"])
-                continue
-            label = int(float(row["label"]))
-            videos.append(Video("test", "fake" if label else "real", f.stem, label, f))
-    if missing:
-        print(f"warning: dfdc: {len(missing)} videos in labels.csv not found under {test} "
-              f"(e.g. {missing[0]})", file=sys.stderr)
+    for name, label in _dfdc_labels(labels):
+        f = files.get(Path(name).name)
+        if f is None:
+            missing.append(name)
+            continue
+        videos.append(Video("test", "fake" if label else "real", f.stem, label, f))
+    _warn_missing("dfdc", missing, labels)
     if not videos:
         raise _layout_error("DFDC", root, "the videos listed in test/labels.csv under test/",
                             "test")
@@ -269,16 +360,21 @@ def _list_dfdcp(root: Path) -> list[Video]:
     if not index.is_file():
         raise _layout_error("DFDC-Preview", root, "dataset.json and the video folders it "
                             "lists (method_A/, method_B/, original_videos/)")
+    expected = '{"label": "real"|"fake", "set": "train"|"test", ...}'
+    with _reading(index, f'a JSON object {{"<video path>": {expected}}}'):
+        entries = dict(json.loads(index.read_text(encoding="utf-8-sig")).items())
     videos, roots = [], {}
-    with _reading(index, 'a JSON object {"<video path>": {"label": "real"|"fake", "set": ...}}'):
-        for rel, info in json.loads(index.read_text(encoding="utf-8-sig")).items():
-            f = root / rel
-            if not f.is_file():
-                continue
-            source = Path(rel).parts[0]
-            roots[source] = root / source
-            split = "train" if info.get("set", "test") == "train" else "test"
-            videos.append(Video(split, source, f.stem, int(info["label"] == "fake"), f))
+    for rel, info in entries.items():
+        if not (isinstance(info, dict) and info.get("label") in ("real", "fake")
+                and info.get("set") in ("train", "test")):
+            raise LayoutError(f'{index} entry "{rel}": expected {expected}, got {_short(info)}')
+        f = root / rel
+        if not f.is_file():  # one archive holds them all: a gap is an incomplete download
+            raise LayoutError(f'{index} entry "{rel}": {f} does not exist; complete the '
+                              "DFDC-Preview download (or point --root at its folder)")
+        source = Path(rel).parts[0]
+        roots[source] = root / source
+        videos.append(Video(info["set"], source, f.stem, int(info["label"] == "fake"), f))
     if not videos:
         raise _layout_error("DFDC-Preview", root, "the videos listed in dataset.json")
     return _uniquify(videos, roots)
@@ -406,11 +502,13 @@ INDEX_FIELDS = ["video_id", "source", "label", "n_frames", "path", "file"]
 def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
     """Write a file whole or not at all: a temporary file beside it, renamed over it. A full
     disk or a kill midway leaves the old file (or none), never a truncated one that a rerun
-    would take as finished; the temporary file is removed on failure."""
+    would take as finished; the temporary file is removed on failure. Its name is unique, so
+    that processes writing the same file at once (shards of one dataset) never mix their
+    bytes: the last rename wins, whole."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with open(tmp, "wb") as fh:
+        with open(tmp, "xb") as fh:
             fh.write(data.encode() if isinstance(data, str) else data)
             fh.flush()
             os.fsync(fh.fileno())
