@@ -184,25 +184,106 @@ def reference_crop(frame: np.ndarray, models: FaceModels, size: int = 256,
     return FaceCrop(0, crop, box, keypoints, float(scores[i]), matrix)
 
 
-def detect_faces(frame: np.ndarray, models: FaceModels,
-                 detect_side: int = 640) -> list[tuple[tuple[float, float, float, float], float]]:
-    """Face boxes (frame pixels) and scores, found on a copy downscaled to `detect_side` on
-    its longest side; finer scales are tried only when nothing is found, the last one being
-    the reference's (full frame, upsample 1)."""
+Detection = tuple[tuple[float, float, float, float], float]  # box (frame pixels), score
+
+REGION_FACE_PX = 110  # a tracked face's region is resized so the face is this wide (HOG: 80)
+REGION_MARGIN = 1.5   # box sizes added on each side of a tracked face's last box
+
+
+def _hog(models: FaceModels, image: np.ndarray, upsample: int, factor: float = 1.0,
+         origin: tuple[int, int] = (0, 0)) -> list[Detection]:
+    """HOG detections on `image`, a copy of the frame (from `origin`) resized by `factor`,
+    as boxes in frame pixels."""
+    rects, scores, _ = models.detector.run(image, upsample, 0.0)
+    return [((r.left() / factor + origin[0], r.top() / factor + origin[1],
+              r.right() / factor + origin[0], r.bottom() / factor + origin[1]), float(s))
+            for r, s in zip(rects, scores)]
+
+
+def _resize(image: np.ndarray, factor: float) -> np.ndarray:
+    h, w = image.shape[:2]
+    inter = cv2.INTER_AREA if factor < 1.0 else cv2.INTER_LINEAR
+    return cv2.resize(image, (max(1, round(w * factor)), max(1, round(h * factor))),
+                      interpolation=inter)
+
+
+def search_near(frame: np.ndarray, box, models: FaceModels) -> list[Detection]:
+    """Faces in the region around a tracked face's last box (REGION_MARGIN box sizes on each
+    side, clipped to the frame), resized so that a face of that box's size is REGION_FACE_PX
+    wide: comfortably above HOG's 80 px window at upsample 0, whatever the face's size."""
+    h, w = frame.shape[:2]
+    side = max(_area(box) ** 0.5, 1.0)
+    pad = REGION_MARGIN * side
+    x0, y0 = max(0, int(box[0] - pad)), max(0, int(box[1] - pad))
+    x1, y1 = min(w, int(np.ceil(box[2] + pad))), min(h, int(np.ceil(box[3] + pad)))
+    if x1 - x0 < 2 or y1 - y0 < 2:
+        return []
+    factor = REGION_FACE_PX / side
+    return _hog(models, _resize(frame[y0:y1, x0:x1], factor), 0, factor, (x0, y0))
+
+
+def _iou(a, b) -> float:
+    inter = _area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
+    return inter / max(_area(a) + _area(b) - inter, 1e-9)
+
+
+def _search_tracked(frame: np.ndarray, tracked: list, models: FaceModels) -> list[Detection]:
+    """Every tracked face searched in its region; [] unless each one is found there (a face
+    of similar size, see _link), so that a face that moved away sends the frame to the full
+    search. Overlapping regions find a face twice: the better-scored box is kept."""
+    found: list[Detection] = []
+    for box in tracked:
+        near = search_near(frame, box, models)
+        if not any(_link(box, b) < float("inf") for b, _ in near):
+            return []
+        found += near
+    kept: list[Detection] = []
+    for det in sorted(found, key=lambda d: -d[1]):
+        if all(_iou(det[0], k[0]) < 0.5 for k in kept):
+            kept.append(det)
+    return kept
+
+
+def detect_faces(frame: np.ndarray, models: FaceModels, detect_side: int = 640,
+                 tracked: list | None = None) -> list[Detection]:
+    """Face boxes (frame pixels) and scores, from the first search level that finds any: a copy
+    downscaled to `detect_side` on its longest side (faces >= 80 px there); then, when faces
+    are `tracked` (their boxes in an earlier frame), the region around each one (search_near);
+    then finer scales, the last being the reference's own (full frame, upsample 1)."""
     h, w = frame.shape[:2]
     f = min(1.0, detect_side / max(h, w))
-    small = cv2.resize(frame, (round(w * f), round(h * f)), interpolation=cv2.INTER_AREA) \
-        if f < 1.0 else frame
-    levels = [(small, f, 0), (small, f, 1)]          # faces >= 80 / 40 px on the small copy
+    small = _resize(frame, f) if f < 1.0 else frame
+    found = _hog(models, small, 0, f)
+    if found:
+        return found
+    if tracked:
+        found = _search_tracked(frame, tracked, models)
+        if found:
+            return found
+    levels = [(small, f, 1)]                           # faces >= 40 px on the small copy
     if f < 0.45:
         levels.append((frame, 1.0, 0))                 # big frames (1080p): full size first
     if f < 0.75:
         levels.append((frame, 1.0, 1))                 # the reference's own scale, last
     for image, factor, upsample in levels:
-        rects, scores, _ = models.detector.run(image, upsample, 0.0)
-        if len(rects):
-            return [(_box(r, factor), float(s)) for r, s in zip(rects, scores)]
+        found = _hog(models, image, upsample, factor)
+        if found:
+            return found
     return []
+
+
+def detect_in_frames(frames: list[np.ndarray], models: FaceModels,
+                     detect_side: int = 640) -> list[list[Detection]]:
+    """detect_faces on each frame in order, the faces last found being tracked: a face seen in
+    one sampled frame is searched near its last box in the next, so the full-frame upsample-1
+    scan (the reference's whole cost) runs only where tracking has nothing or loses a face."""
+    detections: list[list[Detection]] = []
+    last: list[Detection] = []
+    for frame in frames:
+        found = detect_faces(frame, models, detect_side, [box for box, _ in last])
+        detections.append(found)
+        last = found or last
+    return detections
 
 
 # ----------------------------------------------------------------------------- tracking
@@ -259,7 +340,7 @@ def face_tracks(frames: list[np.ndarray], indices: list[int], models: FaceModels
                 detect_side: int = 640) -> list[list[FaceCrop]]:
     """Every person found in the frames, one list of crops per person, largest person first.
     A frame whose crop has no face on re-detection is dropped from that person's list."""
-    detections = [detect_faces(f, models, detect_side) for f in frames]
+    detections = detect_in_frames(frames, models, detect_side)
     people = []
     for track in link_tracks(detections):
         crops = []
