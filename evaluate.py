@@ -1,11 +1,15 @@
-"""Evaluate a deepfake detector: the paper's benchmark table, or p_fake for any video / image.
+"""Evaluate a deepfake detector: the paper's benchmark table, p_fake for any video / image, and
+the paper's Figure 1 (validation AUROC during training) from train.py's logs.
 
 Benchmarks (face crops written by preprocess.py under --data):
     python evaluate.py --dataset cdfv2 --checkpoint runs/<name>/best.pt
     python evaluate.py --dataset all                      # paper's table + FF++ per manipulation
     python evaluate.py --dataset all --zero-shot          # zero-shot CLIP baseline
-Any file:
+    torchrun --nproc_per_node=4 evaluate.py --dataset all # the same; 4 GPUs share the frames
+Any file (one process):
     python evaluate.py --video clip.mp4 | --image face.jpg | --input DIR  [--save-crops DIR]
+Figure 1, val video AUROC during training of four runs (writes curves.png, prints each best):
+    python evaluate.py --curves runs/ln runs/ln-norm runs/ln-norm-unal runs/full [--x epoch]
 
 Frame score = p_fake = softmax(logits)[:, 1]; video score = mean of its frames' p_fake
 (the paper's protocol). Label 1 = fake.
@@ -14,22 +18,28 @@ Frame score = p_fake = softmax(logits)[:, 1]; video score = mean of its frames' 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import errno
 import json
+import math
 import os
+import re
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm import tqdm
 
 import clip_vit
-import data
+import layouts
 import preprocess
 from data import compute_metrics, predict, video_scores  # noqa: F401 (documented here too)
 from layouts import (FFPP_METHODS, IMAGE_EXTS, INDEX_FIELDS, VIDEO_EXTS, DataError, Video,
@@ -67,6 +77,35 @@ def find_split(data: Path, dataset: str, split: str = "test") -> Path | None:
     return index.parent
 
 
+# ----------------------------------------------------------------------------- outputs
+
+def cannot_write(path: Path, e: OSError) -> OSError:
+    """The one-line error for an output that could not be written (full disk, no permission)."""
+    hint = "; free some disk space and re-run" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    return OSError(f"cannot write {path}: {e.strerror or e}{hint}")
+
+
+def write_output(path: Path, content: str | bytes) -> None:
+    """Whole or not at all (layouts.atomic_write): a full disk never leaves a truncated
+    videos.csv / metrics.json / summary / roc.png that a rerun would take as finished."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        layouts.atomic_write(path, content)
+    except OSError as e:
+        raise cannot_write(path, e) from None
+
+
+def write_json(path: Path, obj) -> None:
+    write_output(path, json.dumps(obj, indent=2) + "\n")
+
+
+def png_bytes(bgr: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", bgr)
+    if not ok:
+        raise ValueError("OpenCV cannot encode the image as PNG")
+    return buf.tobytes()
+
+
 # ----------------------------------------------------------------------------- models
 
 class ZeroShotCLIP(nn.Module):
@@ -92,9 +131,9 @@ def load_zero_shot(args) -> tuple[nn.Module, str, str]:
         clip = clip_vit.tiny_clip() if name == "tiny" else clip_vit.load(name, device="cpu")
         tokenizer = clip_vit.Tokenizer(args.bpe) if args.bpe else None  # None: download, cached
         model = ZeroShotCLIP(clip.float(), tuple(args.prompts), tokenizer)
-    except (ValueError, OSError, RuntimeError) as e:  # offline, wrong file
-        raise SystemExit(f"cannot load CLIP {name} for --zero-shot: {e} "
-                         f"(evaluate.py takes the files as --clip PATH and --bpe PATH)")
+    except (ValueError, OSError, RuntimeError) as e:  # offline, wrong file, prompt too long
+        raise ValueError(f"cannot load CLIP {name} for --zero-shot: {e} "
+                         f"(evaluate.py takes the files as --clip PATH and --bpe PATH)") from None
     tag = Path(name).stem if os.path.exists(name) else name.replace("/", "-")
     print(f"model: zero-shot CLIP {name}, prompts {args.prompts}")
     return model, f"zero-shot CLIP {name}", str(Path("eval") / f"zero-shot-{tag}")
@@ -131,26 +170,93 @@ def load_trained_detector(args, benchmark: bool) -> tuple[nn.Module, str, str]:
     """(detector of --checkpoint or the default one, a label for tables, the default output folder)."""
     source = choose_checkpoint(args, benchmark)
     path = Path(source)
+    expected = "expected a file written by train.py (runs/<name>/best.pt), the authors' model.ckpt, or 'authors'"
+    if source != "authors" and path.is_dir():
+        raise IsADirectoryError(f"checkpoint {source} is a folder: {expected}")
     if source != "authors" and not path.is_file():
-        what = "is a folder" if path.is_dir() else "not found"
-        raise SystemExit(f"checkpoint {source} {what}: expected a file written by train.py "
-                         f"(runs/<name>/best.pt), the authors' model.ckpt, or 'authors'")
+        raise FileNotFoundError(f"checkpoint {source} not found: {expected}")
     try:
         detector = clip_vit.load_detector(source, clip=args.clip, device="cpu")
     except (ValueError, OSError, RuntimeError) as e:  # wrong file, wrong base weights, offline
-        raise SystemExit(f"cannot load checkpoint {source}: {e}")
+        # torch's zip reader says only "[Errno 22] Invalid argument" for some truncated files
+        why = ("the file is truncated or corrupt (copy it again, or use the run's last.pt)"
+               if isinstance(e, OSError) and e.errno == errno.EINVAL else str(e))
+        raise ValueError(f"cannot load checkpoint {source}: {why}") from None
     if source == "authors":
         return detector, "authors' weights", str(Path("eval") / "authors")
     return detector, f"{path.parent.name}/{path.name}", str(path.parent / f"eval-{path.stem}")
+
+
+# ----------------------------------------------------------------------------- several processes
+
+class ErrorsOnly:
+    """stderr of torchrun's ranks > 0: what they write (errors) passes; tqdm, which draws only
+    on a terminal, sees none, so one progress bar (rank 0's) is shown."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def isatty(self) -> bool:
+        return False
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+@contextlib.contextmanager
+def distributed(args):
+    """Under torchrun (WORLD_SIZE > 1) join the process group (nccl on CUDA, gloo on the CPU);
+    ranks > 0 print nothing but errors. Without torchrun nothing happens."""
+    if args.world == 1:
+        yield
+        return
+    backend = "nccl" if args.device.startswith("cuda") else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(torch.device(args.device))
+    dist.init_process_group(backend)
+    stdout, stderr = sys.stdout, sys.stderr
+    if args.rank > 0:
+        sys.stdout, sys.stderr = open(os.devnull, "w"), ErrorsOnly(sys.stderr)
+    try:
+        yield
+    finally:
+        if args.rank > 0:
+            sys.stdout.close()
+        sys.stdout, sys.stderr = stdout, stderr
+        dist.destroy_process_group()
+
+
+def score_frames(model: nn.Module, items: list, args, desc: str) -> np.ndarray:
+    """p_fake of every crop, in order: float64 [len(items)]. Under torchrun rank r scores crops
+    r, r + world, ... with data.predict and every rank receives all the scores; an unreadable
+    crop on any rank is a DataError on all of them, so they stay in step."""
+    device = torch.device(args.device)
+    if args.world == 1:
+        return predict(model, items, device, args.batch_size, args.workers, desc)
+    share, error = np.zeros(0), None
+    try:
+        share = predict(model, items[args.rank::args.world], device, args.batch_size, args.workers, desc)
+    except DataError as e:
+        error = str(e)
+    parts: list = [None] * args.world
+    dist.all_gather_object(parts, (share, error))
+    errors = [e for _, e in parts if e]
+    if errors:
+        raise DataError(errors[0])
+    scores = np.empty(len(items))
+    for rank, (p, _) in enumerate(parts):
+        scores[rank::args.world] = p
+    return scores
 
 
 # ----------------------------------------------------------------------------- one dataset
 
 def evaluate_dataset(model: nn.Module, dataset: str, split_dir: Path, videos: list[Video],
                      args, out_dir: Path, label: str) -> dict:
-    """Score every crop of a split; write videos.csv, metrics.json and roc.png under out_dir."""
-    scores, video_p = data.score_videos(model, videos, torch.device(args.device), args.batch_size,
-                                        args.workers, desc=f"{dataset} {split_dir.name}")
+    """Score every crop of a split; rank 0 writes videos.csv, metrics.json and roc.png under out_dir."""
+    scores = score_frames(model, [f for v in videos for f in v.frames], args, f"{dataset} {split_dir.name}")
+    per_video = video_scores([v.path for v in videos for _ in v.frames], scores)  # mean p_fake
+    video_p = np.array([per_video[v.path] for v in videos])
     frame_labels = np.array([v.label for v in videos for _ in v.frames])
     video_labels = np.array([v.label for v in videos])
 
@@ -168,28 +274,27 @@ def evaluate_dataset(model: nn.Module, dataset: str, split_dir: Path, videos: li
             sel = real | np.array([v.source == src for v in videos])
             result["per_source"][src] = compute_metrics(video_labels[sel], video_p[sel])
             curves.append((f"{FFPP_METHODS.get(src, src)} videos", video_labels[sel], video_p[sel]))
-    write_dataset_outputs(out_dir, result, videos, video_p, curves)
+    if args.rank == 0:
+        write_dataset_outputs(out_dir, result, videos, video_p, curves)
     return result
 
 
 def write_dataset_outputs(out_dir: Path, result: dict, videos: list[Video], video_p: np.ndarray,
                           curves: list) -> None:
-    """videos.csv, roc.png (none for one class) and metrics.json, which lists the files."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    """videos.csv, roc.png (none for one class) and metrics.json, which lists the files and is
+    written last: its presence means the others are complete."""
     files = {"videos": out_dir / "videos.csv", "metrics": out_dir / "metrics.json",
              "roc": out_dir / "roc.png"}
-    with open(files["videos"], "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["video_id", "source", "label", "n_frames", "p_fake", "path", "file"])
-        for v, p in zip(videos, video_p):
-            w.writerow([v.video_id, v.source, v.label, len(v.frames), f"{p:.6f}", v.path, v.file])
+    rows = [{"video_id": v.video_id, "source": v.source, "label": v.label, "n_frames": len(v.frames),
+             "p_fake": f"{p:.6f}", "path": v.path, "file": v.file} for v, p in zip(videos, video_p)]
+    fields = ["video_id", "source", "label", "n_frames", "p_fake", "path", "file"]
+    write_output(files["videos"], layouts.csv_text(fields, rows))
     title = f"{display(result['dataset'])} {result['split']} - {result['model']}"
     if write_roc_png(files["roc"], curves, title) is None:  # one class: no curve to draw
         files["roc"].unlink(missing_ok=True)                  # nor a stale one from a past run
         files["roc"] = None
     result["files"] = {k: (str(p) if p else None) for k, p in files.items()}
-    with open(files["metrics"], "w") as f:
-        json.dump(result, f, indent=2)
+    write_json(files["metrics"], result)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -247,10 +352,82 @@ def paper_table(results: dict, label: str, missing: list[str], failed: dict[str,
     return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------- ROC figure
+# ----------------------------------------------------------------------------- figures (OpenCV)
 
 COLORS = [(200, 90, 30), (30, 130, 240), (60, 160, 60), (40, 40, 210), (160, 80, 150),
           (20, 160, 190), (120, 120, 120), (90, 60, 30)]  # BGR
+FONT, AA = cv2.FONT_HERSHEY_SIMPLEX, cv2.LINE_AA
+
+
+@dataclass
+class Figure:
+    """A white canvas [H, W, 3] (BGR) with a square plot area; xy() maps data to pixels."""
+    img: np.ndarray
+    left: int
+    top: int
+    side: int
+    x_range: tuple[float, float]
+    y_range: tuple[float, float]
+
+    def xy(self, x: float, y: float) -> tuple[int, int]:
+        fx = (x - self.x_range[0]) / (self.x_range[1] - self.x_range[0])
+        fy = (y - self.y_range[0]) / (self.y_range[1] - self.y_range[0])
+        return int(round(self.left + fx * self.side)), int(round(self.top + (1 - fy) * self.side))
+
+
+def new_figure(x_range: tuple[float, float], y_range: tuple[float, float], size: int = 560) -> Figure:
+    left, right, top, bottom = 70, 20, 50, 60
+    side = size - left - right
+    return Figure(np.full((top + side + bottom, size, 3), 255, np.uint8), left, top, side, x_range, y_range)
+
+
+def draw_grid(fig: Figure, xticks, yticks, fmt) -> None:
+    """Grid lines with tick labels fmt(value) below and left of the plot, and its frame."""
+    (x0, x1), (y0, y1) = fig.x_range, fig.y_range
+    for t in xticks:
+        cv2.line(fig.img, fig.xy(t, y0), fig.xy(t, y1), (232, 232, 232), 1, AA)
+        (w, h), _ = cv2.getTextSize(fmt(t), FONT, 0.45, 1)
+        x, y = fig.xy(t, y0)
+        cv2.putText(fig.img, fmt(t), (x - w // 2, y + h + 8), FONT, 0.45, (60, 60, 60), 1, AA)
+    for t in yticks:
+        cv2.line(fig.img, fig.xy(x0, t), fig.xy(x1, t), (232, 232, 232), 1, AA)
+        (w, h), _ = cv2.getTextSize(fmt(t), FONT, 0.45, 1)
+        x, y = fig.xy(x0, t)
+        cv2.putText(fig.img, fmt(t), (x - w - 8, y + h // 2), FONT, 0.45, (60, 60, 60), 1, AA)
+    cv2.rectangle(fig.img, fig.xy(x0, y1), fig.xy(x1, y0), (0, 0, 0), 1)
+
+
+def draw_legend(fig: Figure, entries: list[tuple[str, tuple]]) -> None:
+    """(text, colour) lines in a box in the lower right corner, where ROC curves and rising
+    training curves rarely are."""
+    widths = [cv2.getTextSize(t, FONT, 0.45, 1)[0][0] for t, _ in entries]
+    bw, bh = max(widths) + 44, 22 * len(entries) + 10
+    x0, y0 = fig.left + fig.side - bw - 8, fig.top + fig.side - bh - 8
+    cv2.rectangle(fig.img, (x0, y0), (x0 + bw, y0 + bh), (255, 255, 255), -1)
+    cv2.rectangle(fig.img, (x0, y0), (x0 + bw, y0 + bh), (180, 180, 180), 1)
+    for k, (text, color) in enumerate(entries):
+        yy = y0 + 18 + 22 * k
+        cv2.line(fig.img, (x0 + 8, yy - 4), (x0 + 32, yy - 4), color, 2, AA)
+        cv2.putText(fig.img, text, (x0 + 38, yy), FONT, 0.45, (0, 0, 0), 1, AA)
+
+
+def draw_labels(fig: Figure, title: str, xlabel: str, ylabel: str) -> None:
+    """Title (shrunk to fit), x label below the plot, y label rotated left of it."""
+    size = fig.img.shape[1]
+    (w, _), _ = cv2.getTextSize(title, FONT, 0.55, 1)
+    scale = min(0.55, 0.55 * (size - 20) / max(w, 1))
+    (w, _), _ = cv2.getTextSize(title, FONT, scale, 1)
+    cv2.putText(fig.img, title, ((size - w) // 2, 30), FONT, scale, (0, 0, 0), 1, AA)
+    (w, _), _ = cv2.getTextSize(xlabel, FONT, 0.5, 1)
+    cv2.putText(fig.img, xlabel, (fig.left + (fig.side - w) // 2, fig.top + fig.side + 48),
+                FONT, 0.5, (0, 0, 0), 1, AA)
+    # y label: drawn horizontally on a strip, rotated 90 degrees counter-clockwise
+    (w, h), base = cv2.getTextSize(ylabel, FONT, 0.5, 1)
+    strip = np.full((h + base + 4, w + 4, 3), 255, np.uint8)
+    cv2.putText(strip, ylabel, (2, h + 2), FONT, 0.5, (0, 0, 0), 1, AA)
+    strip = cv2.rotate(strip, cv2.ROTATE_90_COUNTERCLOCKWISE)[:fig.side]
+    y0 = fig.top + (fig.side - strip.shape[0]) // 2
+    fig.img[y0:y0 + strip.shape[0], 8:8 + strip.shape[1]] = strip
 
 
 def write_roc_png(path: Path, curves: list, title: str, size: int = 560) -> Path | None:
@@ -258,65 +435,136 @@ def write_roc_png(path: Path, curves: list, title: str, size: int = 560) -> Path
     drawable = [(name, y, s) for name, y, s in curves if 0 < int(np.sum(y)) < len(y)]
     if not drawable:
         return None
-    font, aa = cv2.FONT_HERSHEY_SIMPLEX, cv2.LINE_AA
-    left, right, top, bottom = 70, 20, 50, 60
-    side = size - left - right                    # square plot area
-    img = np.full((top + side + bottom, size, 3), 255, np.uint8)
-
-    def xy(fx: float, fy: float) -> tuple[int, int]:
-        return int(round(left + fx * side)), int(round(top + (1 - fy) * side))
-
-    for t in np.linspace(0, 1, 6):                # grid, ticks and tick labels
-        cv2.line(img, xy(t, 0), xy(t, 1), (232, 232, 232), 1, aa)
-        cv2.line(img, xy(0, t), xy(1, t), (232, 232, 232), 1, aa)
-        (w, h), _ = cv2.getTextSize(f"{t:.1f}", font, 0.45, 1)
-        x, y = xy(t, 0)
-        cv2.putText(img, f"{t:.1f}", (x - w // 2, y + h + 8), font, 0.45, (60, 60, 60), 1, aa)
-        x, y = xy(0, t)
-        cv2.putText(img, f"{t:.1f}", (x - w - 8, y + h // 2), font, 0.45, (60, 60, 60), 1, aa)
+    fig = new_figure((0.0, 1.0), (0.0, 1.0), size)
+    ticks = np.linspace(0, 1, 6)
+    draw_grid(fig, ticks, ticks, lambda t: f"{t:.1f}")
     for i in range(0, 40, 2):                     # dashed chance diagonal
-        cv2.line(img, xy(i / 40, i / 40), xy((i + 1) / 40, (i + 1) / 40), (150, 150, 150), 1, aa)
-    cv2.rectangle(img, xy(0, 1), xy(1, 0), (0, 0, 0), 1)
-
+        cv2.line(fig.img, fig.xy(i / 40, i / 40), fig.xy((i + 1) / 40, (i + 1) / 40), (150, 150, 150), 1, AA)
     legend = []
     for k, (name, y, s) in enumerate(drawable):
         fpr, tpr, _ = roc_curve(y, s)
-        pts = np.array([xy(a, b) for a, b in zip(fpr, tpr)], np.int32)
+        pts = np.array([fig.xy(a, b) for a, b in zip(fpr, tpr)], np.int32)
         color = COLORS[k % len(COLORS)]
-        cv2.polylines(img, [pts], False, color, 2, aa)
+        cv2.polylines(fig.img, [pts], False, color, 2, AA)
         legend.append((f"{name}: AUROC {100 * roc_auc_score(y, s):.2f}% (n={len(y)})", color))
-
-    # legend box in the lower right corner, where ROC curves rarely are
-    widths = [cv2.getTextSize(t, font, 0.45, 1)[0][0] for t, _ in legend]
-    bw, bh = max(widths) + 44, 22 * len(legend) + 10
-    x0, y0 = left + side - bw - 8, top + side - bh - 8
-    cv2.rectangle(img, (x0, y0), (x0 + bw, y0 + bh), (255, 255, 255), -1)
-    cv2.rectangle(img, (x0, y0), (x0 + bw, y0 + bh), (180, 180, 180), 1)
-    for k, (text, color) in enumerate(legend):
-        yy = y0 + 18 + 22 * k
-        cv2.line(img, (x0 + 8, yy - 4), (x0 + 32, yy - 4), color, 2, aa)
-        cv2.putText(img, text, (x0 + 38, yy), font, 0.45, (0, 0, 0), 1, aa)
-
-    (w, _), _ = cv2.getTextSize(title, font, 0.55, 1)
-    scale = min(0.55, 0.55 * (size - 20) / max(w, 1))
-    (w, _), _ = cv2.getTextSize(title, font, scale, 1)
-    cv2.putText(img, title, ((size - w) // 2, 30), font, scale, (0, 0, 0), 1, aa)
-    text = "False positive rate"
-    (w, _), _ = cv2.getTextSize(text, font, 0.5, 1)
-    cv2.putText(img, text, (left + (side - w) // 2, top + side + 48), font, 0.5, (0, 0, 0), 1, aa)
-    # y label: draw horizontally on a strip, rotate it 90 degrees counter-clockwise
-    text = "True positive rate"
-    (w, h), base = cv2.getTextSize(text, font, 0.5, 1)
-    strip = np.full((h + base + 4, w + 4, 3), 255, np.uint8)
-    cv2.putText(strip, text, (2, h + 2), font, 0.5, (0, 0, 0), 1, aa)
-    strip = cv2.rotate(strip, cv2.ROTATE_90_COUNTERCLOCKWISE)
-    y0 = top + (side - strip.shape[0]) // 2
-    img[y0:y0 + strip.shape[0], 8:8 + strip.shape[1]] = strip
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not cv2.imwrite(str(path), img):
-        raise OSError(f"cannot write {path}")
+    draw_legend(fig, legend)
+    draw_labels(fig, title, "False positive rate", "True positive rate")
+    write_output(path, png_bytes(fig.img))
     return path
+
+
+# ----------------------------------------------------------------------------- training curves
+
+@dataclass
+class Curve:
+    """One run's validation records: the run folder, then per epoch end step, epoch, AUROC."""
+    run: Path
+    steps: list[int]
+    epochs: list[int]
+    auroc: list[float]
+    undefined: int = 0   # epochs whose val AUROC was undefined (null: one class)
+
+    def best(self) -> int:
+        """Index of the best record (the first of equals, as train.py keeps best.pt)."""
+        return int(np.argmax(self.auroc))
+
+
+def parse_record(line: str, where: str) -> dict | None:
+    """One log.jsonl line -> the validation record {step, epoch, val_video_auroc} it holds, or
+    None for a step log or an epoch end without validation. DataError for a malformed line."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{where}: not a JSON object ({e.msg}); train.py writes one per line") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{where}: not a JSON object; train.py writes one per line")
+    if not record.get("epoch_done") or "val_video_auroc" not in record:
+        return None
+    value, step, epoch = record["val_video_auroc"], record.get("step"), record.get("epoch")
+    numbers = [type(step) is int, type(epoch) is int,
+               value is None or (type(value) in (int, float) and 0 <= value <= 1)]
+    if not all(numbers):
+        raise DataError(f"{where}: a validation record needs an integer step and epoch and "
+                        f"val_video_auroc in [0, 1] or null, found {line.strip()[:120]}")
+    return record
+
+
+def read_curve(run: Path) -> Curve:
+    """The validation AUROC records of a train.py run folder (its log.jsonl). A resumed run may
+    log a step twice: the last record of a step counts."""
+    log = run / "log.jsonl"
+    if not run.is_dir():
+        raise FileNotFoundError(f"--curves {run}: not a folder; expected a train.py run folder "
+                                f"such as runs/<name>/ holding log.jsonl")
+    if not log.is_file():
+        raise FileNotFoundError(f"--curves {run}: no log.jsonl in it; expected a train.py run "
+                                f"folder (train.py writes runs/<name>/log.jsonl)")
+    records = {}
+    try:
+        with open(log, encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                record = parse_record(line, f"{log} line {n}") if line.strip() else None
+                if record is not None:
+                    records[record["step"]] = record
+    except UnicodeDecodeError:
+        raise DataError(f"{log}: not UTF-8 text; expected train.py's log (one JSON object per line)") from None
+    if not records:
+        raise DataError(f"{log}: no validation records (lines with \"epoch_done\": true and "
+                        f"\"val_video_auroc\"); train.py writes one per finished epoch unless --no-val")
+    kept = [records[s] for s in sorted(records) if records[s]["val_video_auroc"] is not None]
+    if not kept:
+        raise DataError(f"{log}: val video AUROC undefined (null) in all {len(records)} validation "
+                        f"records: the val split holds one class only")
+    return Curve(run, [r["step"] for r in kept], [r["epoch"] for r in kept],
+                 [float(r["val_video_auroc"]) for r in kept], len(records) - len(kept))
+
+
+def nice_ticks(lo: float, hi: float, n: int = 5) -> np.ndarray:
+    """About n round tick values (1, 2, 2.5, 5 x 10^k apart) within [lo, hi]."""
+    raw = (hi - lo) / n
+    mag = 10 ** math.floor(math.log10(raw))
+    step = next(m * mag for m in (1, 2, 2.5, 5, 10) if m * mag >= raw * (1 - 1e-9))
+    return np.arange(math.ceil(lo / step - 1e-9) * step, hi + step * 1e-6, step)
+
+
+def write_curves_png(path: Path, curves: list[Curve], x: str, size: int = 560) -> None:
+    """Val video AUROC (%) against x ('step' or 'epoch'), one coloured line per run."""
+    xs = [c.steps if x == "step" else c.epochs for c in curves]
+    values = [v for c in curves for v in c.auroc]
+    x_hi = max(max(v) for v in xs) or 1
+    y_lo = max(0.0, math.floor(min(values) * 20 - 0.5) / 20)   # 5% steps, a margin below
+    y_hi = min(1.0, math.ceil(max(values) * 20 + 0.5) / 20)
+    fig = new_figure((0.0, float(x_hi)), (y_lo, y_hi), size)
+    draw_grid(fig, [], nice_ticks(y_lo, y_hi), lambda t: f"{100 * t:g}")
+    draw_grid(fig, nice_ticks(0, x_hi), [], lambda t: f"{t:g}")
+    legend = []
+    for k, (c, cx) in enumerate(zip(curves, xs)):
+        color = COLORS[k % len(COLORS)]
+        pts = np.array([fig.xy(a, b) for a, b in zip(cx, c.auroc)], np.int32)
+        cv2.polylines(fig.img, [pts], False, color, 2, AA)
+        for p in pts:
+            cv2.circle(fig.img, tuple(int(v) for v in p), 3, color, -1, AA)
+        best = c.best()
+        legend.append((f"{c.run.name}: best {100 * c.auroc[best]:.2f}% at {x} {cx[best]}", color))
+    draw_legend(fig, legend)
+    xlabel = "training step" if x == "step" else "epoch (0 = the first, as train.py logs it)"
+    draw_labels(fig, "Validation video-level AUROC during training", xlabel, "val video AUROC (%)")
+    write_output(path, png_bytes(fig.img))
+
+
+def run_curves(args) -> list[Curve]:
+    """Figure 1: every run's curve read first (all errors before any drawing), its best printed."""
+    curves = [read_curve(Path(run)) for run in args.curves]
+    for c in curves:
+        b = c.best()
+        note = f"; {c.undefined} epoch(s) undefined (one class)" if c.undefined else ""
+        print(f"{c.run}: best val video AUROC {100 * c.auroc[b]:.2f}% at step {c.steps[b]} "
+              f"(epoch {c.epochs[b]}); {len(c.auroc)} validation record(s), last "
+              f"{100 * c.auroc[-1]:.2f}%{note}")
+    path = Path(args.out or ".") / "curves.png"
+    write_curves_png(path, curves, args.x)
+    print(f"written to {path}")
+    return curves
 
 
 # ----------------------------------------------------------------------------- benchmarks
@@ -334,15 +582,16 @@ def no_data_error(data_dir: Path, names: list[str], split: str) -> str:
             f"at a time, e.g. {example}")
 
 
-def run_benchmarks(args) -> dict:
+def load_benchmarks(args) -> tuple[dict, dict[str, Path], list[str], dict[str, str]]:
+    """({dataset: videos}, {dataset: split folder}, missing, {dataset: why it failed}). Every
+    index.csv is checked before the model loads (minutes for a download); a broken dataset is
+    listed in the `all` table, not allowed to stop the others."""
     data_dir = Path(args.data)
     names = PAPER_DATASETS + ["ff++"] if args.dataset == "all" else [args.dataset]
     found = {d: find_split(data_dir, d, args.split) for d in names}
     missing = [d for d in names if found[d] is None]
     if len(missing) == len(names):
-        raise SystemExit(no_data_error(data_dir, names, args.split))
-    # every index.csv is checked before the model loads (minutes for a download) and a broken
-    # dataset is listed in the `all` table, not allowed to stop the others
+        raise DataError(no_data_error(data_dir, names, args.split))
     videos, failed = {}, {}
     for d in names:
         if found[d] is not None:
@@ -351,7 +600,12 @@ def run_benchmarks(args) -> dict:
             except DataError as e:
                 failed[d] = str(e)
     if not videos:
-        raise SystemExit("; ".join(failed.values()))
+        raise DataError("; ".join(failed.values()))
+    return videos, found, missing, failed
+
+
+def run_benchmarks(args) -> dict:
+    videos, found, missing, failed = load_benchmarks(args)
     model, label, default_out = load_model(args, benchmark=True)
     out = Path(args.out or default_out)
     results = {}
@@ -361,27 +615,27 @@ def run_benchmarks(args) -> dict:
         except DataError as e:  # unreadable crops
             failed[d] = str(e)
     if not results:
-        raise SystemExit("; ".join(failed.values()))
+        raise DataError("; ".join(failed.values()))
     for d, why in failed.items():
-        print(f"{display(d)}: not evaluated: {why}", file=sys.stderr)
+        if args.rank == 0:
+            print(f"{display(d)}: not evaluated: {why}", file=sys.stderr)
     return write_summary(args, out, label, results, missing, failed)
 
 
 def write_summary(args, out: Path, label: str, results: dict, missing: list[str],
                   failed: dict[str, str]) -> dict:
-    """Print the table(s); write them as <stem>.md and everything as <stem>.json."""
+    """Print the table(s); rank 0 writes them as <stem>.md and everything as <stem>.json."""
     table = metrics_table(list(results.values()))
     if args.dataset == "all":
         table = paper_table(results, label, missing, failed) + "\n\n" + table
     print(table)
     summary = {"model": label, "split": args.split, "results": results,
                "missing": missing, "failed": failed, "table": table}
-    out.mkdir(parents=True, exist_ok=True)
-    stem = "summary" if args.dataset == "all" else f"{args.dataset}-summary"
-    (out / f"{stem}.md").write_text(table + "\n")
-    with open(out / f"{stem}.json", "w") as f:
-        json.dump(summary, f, indent=2)
-    print(f"\nwritten to {out}/ (per dataset: videos.csv, metrics.json, roc.png)")
+    if args.rank == 0:
+        stem = "summary" if args.dataset == "all" else f"{args.dataset}-summary"
+        write_output(out / f"{stem}.md", table + "\n")
+        write_json(out / f"{stem}.json", summary)
+        print(f"\nwritten to {out}/ (per dataset: videos.csv, metrics.json, roc.png)")
     return summary
 
 
@@ -393,19 +647,19 @@ def list_inputs(args) -> list[tuple[Path, str]]:
     named = []
     for p in map(Path, (args.video or []) + (args.image or [])):
         if p.is_dir():
-            raise SystemExit(f"{p} is a folder, not a file: use --input {p} to score every file in it")
+            raise IsADirectoryError(f"{p} is a folder, not a file: use --input {p} to score every file in it")
         if not p.is_file():
-            raise SystemExit(f"{p}: file not found")
+            raise FileNotFoundError(f"{p}: file not found")
         named.append((p, p.stem))
     if args.input:
         root = Path(args.input)
         if not root.is_dir():
-            raise SystemExit(f"--input {root}: not a folder")
+            raise NotADirectoryError(f"--input {root}: not a folder")
         files = sorted(p for p in root.rglob("*") if p.is_file())
         exts = VIDEO_EXTS | IMAGE_EXTS
         media = [p for p in files if p.suffix.lower() in exts]
         if not media:
-            raise SystemExit(f"--input {root}: no video or image file ({' '.join(sorted(exts))}) found")
+            raise FileNotFoundError(f"--input {root}: no video or image file ({' '.join(sorted(exts))}) found")
         if len(media) < len(files):
             print(f"--input {root}: {len(media)} video/image file(s), {len(files) - len(media)} "
                   f"other file(s) skipped")
@@ -428,10 +682,9 @@ def save_crops(folder: Path, tracks: list[list[preprocess.FaceCrop]]) -> None:
         if old.stem.isdigit():
             old.unlink()
     for k, track in enumerate(tracks):
-        (folder / f"person{k + 1}").mkdir(parents=True, exist_ok=True)
         for c in track:
             path = folder / f"person{k + 1}" / f"{c.frame}.png"
-            cv2.imwrite(str(path), cv2.cvtColor(c.image, cv2.COLOR_RGB2BGR))
+            write_output(path, png_bytes(cv2.cvtColor(c.image, cv2.COLOR_RGB2BGR)))
 
 
 def row(path: Path, person: int | None = None, seen: int = 0, with_face: int = 0,
@@ -490,37 +743,83 @@ def report(path: Path, n_seen: int, tracks: list[list[preprocess.FaceCrop]],
     return rows
 
 
+class PredictionsCSV:
+    """predictions.csv written row by row and flushed, so a long folder run that stops keeps what
+    it scored; a failed write (full disk) is one OSError naming the file."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(path, "w", newline="")
+        except OSError as e:
+            raise cannot_write(path, e) from None
+        self.writer = csv.DictWriter(self.file, fieldnames=list(row(Path())))
+        self.write_rows(None)
+
+    def write_rows(self, rows: list[dict] | None) -> None:
+        """The rows (None: the header), on disk when this returns."""
+        try:
+            self.writer.writeheader() if rows is None else self.writer.writerows(rows)
+            self.file.flush()
+        except OSError as e:
+            raise cannot_write(self.path, e) from None
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # every row was flushed (or its error raised) already
+            self.file.close()
+
+
 def score_files(args) -> list[dict]:
-    """Score every file; predictions.csv (with --out) is written row by row, so a long folder
-    run that stops keeps what it scored."""
+    """Score every file; predictions.csv with --out."""
     inputs = list_inputs(args)
     face_models = preprocess.load_face_models(args.landmarks)
     model, _, _ = load_model(args, benchmark=False)
-    csv_file = None
-    if args.out:
-        Path(args.out).mkdir(parents=True, exist_ok=True)
-        csv_file = open(Path(args.out) / "predictions.csv", "w", newline="")
-        writer = csv.DictWriter(csv_file, fieldnames=list(row(Path())))
-        writer.writeheader()
+    saved = PredictionsCSV(Path(args.out) / "predictions.csv") if args.out else None
     rows = []
     try:
         for path, name in tqdm(inputs, desc="files", unit="file", disable=None if len(inputs) > 1 else True):
             crops_dir = Path(args.save_crops) / name if args.save_crops else None
             new = score_file(path, crops_dir, args, face_models, model)
             rows += new
-            if csv_file:
-                writer.writerows(new)
-                csv_file.flush()
+            if saved:
+                saved.write_rows(new)
     finally:
-        if csv_file:
-            csv_file.close()
-            print(f"written to {csv_file.name}")
+        if saved:
+            saved.close()
+            print(f"{len(rows)} row(s) written to {saved.path}")
     return rows
 
 
 # ----------------------------------------------------------------------------- command line
 
-def parse_args(argv=None) -> argparse.Namespace:
+def positive_int(text: str) -> int:
+    if not re.fullmatch(r"\s*\d+\s*", text) or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number > 0, got {text!r}")
+    return int(text)
+
+
+def count(text: str) -> int:
+    if not re.fullmatch(r"\s*\d+\s*", text):
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(text)
+
+
+def device_name(text: str) -> str:
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use cpu, cuda or cuda:N "
+                                         f"(N = GPU index)")
+    return text
+
+
+def prompt(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("a prompt is empty: give two texts, e.g. "
+                                         f"--prompts {' '.join(repr(p) for p in PROMPTS)}")
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     what = p.add_argument_group("what to evaluate (default: --dataset all)")
     what.add_argument("--dataset", metavar="NAME",
@@ -529,36 +828,65 @@ def parse_args(argv=None) -> argparse.Namespace:
     what.add_argument("--video", action="append", help="score a video file (repeatable)")
     what.add_argument("--image", action="append", help="score an image file (repeatable)")
     what.add_argument("--input", help="score every video and image under this folder")
+    what.add_argument("--curves", nargs="+", metavar="RUN", help="train.py run folders (runs/<name>): "
+                      "plot their val video AUROC during training into curves.png (paper Fig. 1)")
     p.add_argument("--checkpoint", help="runs/<name>/best.pt, the authors' model.ckpt, or 'authors' "
                    "(default: benchmarks: newest runs/*/best.pt, else authors; files: authors)")
     p.add_argument("--clip", help="base CLIP weights: ViT-L/14 (download), a path, or 'tiny'")
     p.add_argument("--zero-shot", action="store_true", help="zero-shot CLIP baseline with text prompts")
-    p.add_argument("--prompts", nargs=2, default=list(PROMPTS), metavar=("REAL", "FAKE"),
+    p.add_argument("--prompts", nargs=2, type=prompt, default=list(PROMPTS), metavar=("REAL", "FAKE"),
                    help="zero-shot text prompts for class real and class fake")
     p.add_argument("--bpe", help="CLIP's bpe_simple_vocab_16e6.txt.gz (default: downloaded, cached)")
     p.add_argument("--data", default="data", help="preprocess.py's output folder (default data/)")
     p.add_argument("--split", default="test")
     p.add_argument("--runs", default="runs", help="where to look for the newest run")
     p.add_argument("--out", help="output folder (default: eval-<checkpoint stem> next to the "
-                   "checkpoint; eval/authors; eval/zero-shot-<clip>)")
+                   "checkpoint; eval/authors; eval/zero-shot-<clip>; --curves: the current folder)")
+    p.add_argument("--x", choices=["step", "epoch"], default="step", help="--curves: x axis")
     p.add_argument("--save-crops", help="keep the face crops of --video/--image/--input here")
-    p.add_argument("--frames", type=int, default=32, help="frames sampled per video (files)")
+    p.add_argument("--frames", type=positive_int, default=32, help="frames sampled per video (files)")
     p.add_argument("--landmarks", help="dlib landmark model (default: 68-point from face-recognition-models)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1))
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--workers", type=count, default=min(4, os.cpu_count() or 1))
+    p.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu",
+                   help="cpu, cuda or cuda:N (under torchrun with cuda: cuda:LOCAL_RANK)")
+    return p
+
+
+def check_device(p: argparse.ArgumentParser, args) -> None:
+    """--device present here; under torchrun with CUDA each rank takes GPU LOCAL_RANK."""
+    if not args.device.startswith("cuda"):
+        return
+    if not torch.cuda.is_available():
+        p.error(f"--device {args.device}: no CUDA GPU is available here (use --device cpu)")
+    n = torch.cuda.device_count()
+    if args.world > 1:
+        args.device = f"cuda:{args.local_rank}"
+    index = int(args.device.partition(":")[2] or 0)
+    if index >= n:
+        where = f" (torchrun LOCAL_RANK {args.local_rank})" if args.world > 1 else ""
+        p.error(f"--device {args.device}{where}: this machine has {n} GPU(s), cuda:0 to cuda:{n - 1}")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = build_parser()
     args = p.parse_args(argv)
+    # torchrun's environment; (0, 1, 0) for a plain `python evaluate.py`
+    args.rank, args.world, args.local_rank = (int(os.environ.get(k, d)) for k, d in
+                                              (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0)))
     files = bool(args.video or args.image or args.input)
-    if files and args.dataset:
-        p.error("give either --dataset or --video/--image/--input, not both")
-    if not files and not args.dataset:
+    if sum((files, bool(args.dataset), bool(args.curves))) > 1:
+        p.error("give one of --dataset, --video/--image/--input, --curves")
+    if not files and not args.curves and not args.dataset:
         args.dataset = "all"
     if args.dataset and args.dataset != "all" and args.dataset.partition("-")[0] not in ALL_DATASETS:
         p.error(f"--dataset {args.dataset}: expected all, {', '.join(ALL_DATASETS)}, or ff++-c40 etc.")
+    if args.world > 1 and not args.dataset:
+        p.error("--video/--image/--input and --curves run in one process: start them with python, "
+                "not torchrun")
     if args.zero_shot and args.checkpoint:
         p.error("--zero-shot uses CLIP's text prompts, not a --checkpoint: give one or the other")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        p.error(f"--device {args.device}: no CUDA GPU is available here (use --device cpu)")
+    check_device(p, args)
     if args.save_crops and not files:
         p.error("--save-crops goes with --video/--image/--input")
     inside = args.save_crops and args.input and \
@@ -569,10 +897,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def main(argv=None):
+    """The only place errors become a one-line message (exit status 1); argparse exits 2."""
     args = parse_args(argv)
-    if args.video or args.image or args.input:
-        return score_files(args)
-    return run_benchmarks(args)
+    try:
+        with distributed(args):
+            if args.curves:
+                return run_curves(args)
+            if args.dataset:
+                return run_benchmarks(args)
+            return score_files(args)
+    except (ValueError, OSError) as e:  # DataError, bad checkpoint, unwritable output, ...
+        raise SystemExit("error: " + " ".join(str(e).split("\n"))) from None
+    except KeyboardInterrupt:
+        raise SystemExit("error: interrupted (outputs already written are complete)") from None
 
 
 if __name__ == "__main__":
