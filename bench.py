@@ -1,23 +1,37 @@
 """Speed of every stage, against what the hardware can do and against the reference procedures.
 
     python bench.py                                  # CPU or CUDA, whichever is there
-    python bench.py --device cuda --batch-size 64 --json bench.json
+    python bench.py --device cuda --json bench.json  # batch 128 (the paper's), bf16 autocast
+    python bench.py --device cuda --batch-size 64    # a smaller batch
     python bench.py --parts forward,train_step       # a subset
+    python bench.py --parts preprocess --frames 8 --preprocess-videos 1   # a quick look
 
 Parts (JSON keys):
   forward     ViT-L/14 image tower (random weights), images/s and achieved FLOP/s as a fraction of
               the FLOP/s of one large GEMM measured in the same run (fp32 on CPU, bf16 on CUDA).
-  train_step  one LN-tuning step (forward, slerp, losses, backward, AdamW), with and without
-              gradient checkpointing: images/s, peak memory, ratio to the inference forward time.
+  train_step  one LN-tuning step of train.py (its TrainForward and objective: forward, slerp,
+              losses, backward, AdamW) at train_step.batch_size (CUDA: 128, the paper's), with and
+              without gradient checkpointing: images/s, peak memory, ratio to the forward time.
+  data        augmented training images/s: one worker alone (images_per_s_per_worker), and
+              train.py's DataLoader (data.FrameDataset + train_transform + make_loader) with its
+              default workers (TrainConfig().workers, at most the CPU count) on a synthetic crop
+              tree (loader_images_per_s).
   preprocess  frames/s of preprocess.py's pipeline and of the reference procedure (full-frame HOG
               at upsample 1, largest face, re-detection in the crop) on the same 720p video on one
-              core, and the distance between the five keypoints found again in both crops.
-  data        augmented training images/s from one data-loading worker.
+              core, and the distance between the five keypoints found again in both crops; then
+              whole runs of `python preprocess.py --dataset folder --root R --out O --workers 1
+              [--reference]` (start-up included) on synthetic 720p videos of scikit-image's
+              astronaut photo: small_faces (dlib box ~70 px) and typical_faces (~180-200 px).
+  bottleneck  (train_step + data) whether the loader or the GPU/CPU limits the paper's recipe,
+              and how many workers the loader would need when it is the slower one.
+  recipe_minutes  (train_step) 10 epochs x 115,200 FF++ c23 training frames at the measured
+              rate (the loader's when it is slower), validation excluded.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -28,15 +42,22 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
 import clip_vit as cv
+import data
 import train
 
 VIT_L14_FLOPS = 162.2e9  # one 224x224 image through the ViT-L/14 image tower (2 FLOPs per multiply-add)
 PARTS = ("forward", "train_step", "preprocess", "data")
+FFPP_TRAIN_VIDEOS = 720  # per source in FF++'s official train split (x 5 sources x 32 frames = 115,200)
+HERE = Path(__file__).resolve().parent
+SMALL_FACE_ZOOM, TYPICAL_FACE_ZOOM = 0.75, 2.0  # astronaut photo scale: dlib box ~70 px, ~180-200 px
 
+
+# ----------------------------------------------------------------------------- timing helpers
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -58,6 +79,7 @@ def timed(fn, device: torch.device, repeat: int, warmup: int = 1) -> float:
 
 
 def autocast(device: torch.device):
+    # bf16 on CUDA as train.py; fp32 on the CPU, where bf16 runs 6-8x slower
     return torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
 
 
@@ -68,6 +90,8 @@ def gemm_flops(device: torch.device, n: int) -> float:
     return 2 * n ** 3 / timed(lambda: a @ b, device, repeat=5 if device.type == "cpu" else 50)
 
 
+# ----------------------------------------------------------------------------- model: forward, train step
+
 def build(model: str, device: torch.device) -> cv.DeepfakeDetector:
     torch.manual_seed(0)
     visual = cv.VisionTransformer(224, 14, 1024, 24, 16, 768) if model == "vit-l-14" else cv.tiny_visual()
@@ -76,12 +100,13 @@ def build(model: str, device: torch.device) -> cv.DeepfakeDetector:
 
 def bench_forward(detector: cv.DeepfakeDetector, device: torch.device, batch: int, repeat: int,
                   gemm: float) -> dict:
-    images = torch.randn(batch, 3, 224, 224, device=device)
+    images = torch.randn(batch, 3, 224, 224, device=device)         # [B, 3, 224, 224]
     detector.eval()
     with torch.inference_mode(), autocast(device):
         seconds = timed(lambda: detector(images), device, repeat)
     flops = VIT_L14_FLOPS * batch / seconds
-    return {"images_per_s": batch / seconds, "seconds": seconds, "tflop_per_s": flops / 1e12,
+    return {"images_per_s": batch / seconds, "seconds": seconds, "batch_size": batch,
+            "dtype": "bfloat16" if device.type == "cuda" else "float32", "tflop_per_s": flops / 1e12,
             "gemm_tflop_per_s": gemm / 1e12, "gemm_fraction": flops / gemm}
 
 
@@ -96,12 +121,12 @@ def train_step_seconds(model: str, device: torch.device, batch: int, repeat: int
     forward = train.TrainForward(detector, cfg.slerp)
     optimizer = torch.optim.AdamW([p for p in detector.parameters() if p.requires_grad], lr=cfg.lr,
                                   betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
-    images = torch.randn(batch, 3, 224, 224, device=device)
-    labels = (torch.arange(batch, device=device) % 5 > 0).long()  # 4 fake : 1 real, as FF++
+    images = torch.randn(batch, 3, 224, 224, device=device)                   # [B, 3, 224, 224]
+    labels = (torch.arange(batch, device=device) % 5 > 0).long()  # [B], 4 fake : 1 real, as FF++
 
     def step():
         with autocast(device):
-            features, logits = forward(images, labels, train.step_generator(cfg.seed, 0, 0))
+            features, logits = forward(images, labels, train.step_generator(cfg.seed, 0, 0))  # [B, 1024], [B, 2]
         loss, _ = train.objective(features, logits, labels, cfg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -113,9 +138,11 @@ def train_step_seconds(model: str, device: torch.device, batch: int, repeat: int
     else:
         base = resident_bytes()
     seconds = timed(step, device, repeat)
+    # CUDA: every live tensor, weights included; CPU: the process's peak resident set
     peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else \
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"seconds": seconds, "peak_memory_mb": (peak - base) / 2 ** 20, "time_shares": time_shares(step, device)}
+    return {"seconds": seconds, "peak_memory_mb": (peak - base) / 2 ** 20, "peak_memory_total_mb": peak / 2 ** 20,
+            "time_shares": time_shares(step, device)}
 
 
 def time_shares(fn, device: torch.device) -> dict:
@@ -145,48 +172,134 @@ def resident_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def train_step_in_process(model: str, device: torch.device, batch: int, repeat: int, checkpointing: bool) -> dict:
+    """CUDA: in this process, the freed memory of the previous run returned first. A batch that
+    does not fit is a result ("error"), not a crash: the checkpointed run may still fit."""
+    torch.cuda.empty_cache()
+    try:
+        return train_step_seconds(model, device, batch, repeat, checkpointing)
+    except torch.cuda.OutOfMemoryError:
+        return {"error": f"CUDA out of memory at batch {batch}"}
+    finally:
+        torch.cuda.empty_cache()
+
+
+def train_step_subprocess(model: str, batch: int, repeat: int, checkpointing: bool) -> dict:
+    """CPU: a fresh process, since the process's peak resident memory is the only honest peak there
+    (freed memory is not returned)."""
+    code = (f"import bench, json, torch; print(json.dumps(bench.train_step_seconds({model!r}, "
+            f"torch.device('cpu'), {batch}, {repeat}, {checkpointing})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=HERE)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def bench_train_step(model: str, device: torch.device, batch: int, repeat: int, forward_seconds: float) -> dict:
-    """With and without gradient checkpointing. On the CPU each runs in a fresh process, since the
-    process's peak resident memory is the only honest peak there (freed memory is not returned)."""
+    """With and without gradient checkpointing; the plain step's figures at the top level."""
     result = {}
     for checkpointing in (False, True):
         if device.type == "cuda":
-            r = train_step_seconds(model, device, batch, repeat, checkpointing)
+            r = train_step_in_process(model, device, batch, repeat, checkpointing)
         else:
-            code = (f"import bench, json, torch; print(json.dumps(bench.train_step_seconds({model!r}, "
-                    f"torch.device('cpu'), {batch}, {repeat}, {checkpointing})))")
-            out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                                 cwd=Path(__file__).parent)
-            r = json.loads(out.stdout.strip().splitlines()[-1])
-        result["checkpointing" if checkpointing else "plain"] = {
-            "images_per_s": batch / r["seconds"], "seconds": r["seconds"],
-            "ratio_to_forward": r["seconds"] / forward_seconds, "peak_memory_mb": r["peak_memory_mb"],
-            "time_shares": r["time_shares"]}
-    return result["plain"] | {"checkpointing": result["checkpointing"]}
+            r = train_step_subprocess(model, batch, repeat, checkpointing)
+        if "error" not in r:
+            r = {"images_per_s": batch / r["seconds"], "seconds": r["seconds"],
+                 "ratio_to_forward": r["seconds"] / forward_seconds, "peak_memory_mb": r["peak_memory_mb"],
+                 "peak_memory_total_mb": r["peak_memory_total_mb"], "time_shares": r["time_shares"]}
+        result["checkpointing" if checkpointing else "plain"] = r
+    return {"batch_size": batch, **result["plain"], "checkpointing": result["checkpointing"]}
 
 
-def synthetic_720p_video(path: Path, n_frames: int = 32) -> Path:
-    """scikit-image's astronaut photo (a real face) moving and zooming inside 1280x720 frames."""
-    import cv2
+# ----------------------------------------------------------------------------- data loading
+
+def crop_tree(root: Path, n_images: int) -> list[data.Video]:
+    """A real and a fake video of 8 PNG crops each (256x256, as preprocess.py writes them), their
+    frame lists repeated to `n_images` items: a long epoch from a few files."""
+    rng = np.random.default_rng(0)
+    videos = []
+    for label, source in enumerate(("youtube", "Deepfakes")):
+        folder = root / source / "000"
+        folder.mkdir(parents=True)
+        frames = []
+        for i in range(8):
+            crop = cv2.GaussianBlur(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8), (0, 0), 3)  # [256, 256, 3]
+            cv2.imwrite(str(folder / f"{i}.png"), crop)
+            frames.append(folder / f"{i}.png")
+        repeats = math.ceil(n_images / (2 * len(frames)))
+        videos.append(data.Video("train", source, "000", label, "", frames=frames * repeats))
+    return videos
+
+
+def per_worker_images_per_s(dataset: data.FrameDataset, n_images: int) -> float:
+    """Augmented images/s of one single-threaded worker (PNG decode, augmentations, CLIP transform)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a DataLoader worker runs single-threaded
+    cv2.setNumThreads(1)
+    dataset[0]
+    start = time.perf_counter()
+    for i in range(n_images):
+        dataset[i % len(dataset)]
+    seconds = time.perf_counter() - start
+    torch.set_num_threads(threads)
+    return n_images / seconds
+
+
+def loader_images_per_s(dataset: data.FrameDataset, batch: int, workers: int, pin_memory: bool) -> float:
+    """Images/s out of train.py's DataLoader. Worker i delivers batches i, i + workers, ...; the
+    first round (one batch per worker) carries the workers' start-up, so the clock starts when it
+    is complete and counts the rounds after it."""
+    sampler = data.make_sampler(dataset, shuffle=True, seed=0)
+    loader = data.make_loader(dataset, batch, sampler, workers, 0, pin_memory)
+    arrivals = []
+    for images, _, _ in loader:                                   # images: [batch, 3, 224, 224]
+        arrivals.append((time.perf_counter(), len(images)))
+    first = max(workers, 1) - 1
+    seconds = arrivals[-1][0] - arrivals[first][0]
+    return sum(n for _, n in arrivals[first + 1:]) / seconds
+
+
+def bench_data(n_images: int | None, batch: int, pin_memory: bool) -> dict:
+    """One worker alone, then the loader with train.py's default workers at the training batch
+    (smaller when n_images holds fewer than 3 batches per worker, so that 2 rounds are timed)."""
+    workers = min(train.TrainConfig().workers, os.cpu_count() or 1)  # as train.py
+    n_images = n_images or max(256, 3 * workers * batch)
+    loader_batch = max(1, min(batch, n_images // (3 * workers)))
+    n_loaded = max(n_images, 3 * workers * loader_batch)  # at least 3 rounds
+    with tempfile.TemporaryDirectory() as tmp:
+        dataset = data.FrameDataset(crop_tree(Path(tmp), n_loaded), data.train_transform(), seed=0)
+        one = per_worker_images_per_s(dataset, min(n_images, 64))
+        loaded = loader_images_per_s(dataset, loader_batch, workers, pin_memory)
+    return {"images_per_s_per_worker": one, "workers": workers, "loader_batch_size": loader_batch,
+            "loader_images": len(dataset), "loader_images_per_s": loaded,
+            "loader_images_per_s_per_worker": loaded / workers}
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+def synthetic_720p_video(path: Path, n_frames: int = 32, zoom: float = 1.7, phase: int = 0) -> Path:
+    """scikit-image's astronaut photo (a real face) moving and zooming inside 1280x720 frames.
+    zoom 1.7: a dlib face box of ~155-175 px, as in FF++'s 720p videos; 0.75: ~70 px. `phase`
+    moves and turns each video of a dataset differently."""
     try:
-        from skimage import data
+        from skimage import data as skimage_data
     except ImportError:
-        raise SystemExit("the preprocessing benchmark needs a 720p video with a face: pass --video PATH, "
-                         "or `pip install scikit-image` for the synthetic one") from None
-    face = cv2.cvtColor(data.astronaut(), cv2.COLOR_RGB2BGR)                   # [512, 512, 3]
+        raise SystemExit("the preprocessing benchmark needs scikit-image (`pip install scikit-image`) for its "
+                         "synthetic videos; pass --parts without preprocess to skip it") from None
+    face = cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR)                   # [512, 512, 3]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (1280, 720))
-    for i in range(n_frames):  # the face is ~230 px tall, as in FF++'s 720p videos
-        m = cv2.getRotationMatrix2D((240, 130), 4 * np.sin(i / 5), 1.7 + 0.2 * i / n_frames)
-        m[:, 2] += (400 + 4 * i, 230)
-        writer.write(cv2.warpAffine(face, m, (1280, 720), borderMode=cv2.BORDER_REPLICATE))
+    for i in range(n_frames):  # (240, 130), near the face, lands at the frame's centre, at any zoom
+        m = cv2.getRotationMatrix2D((240, 130), 4 * np.sin(i / 5 + phase), zoom * (1 + 0.12 * i / n_frames))
+        m[:, 2] += (400 + 4 * i + 40 * phase, 230)
+        writer.write(cv2.warpAffine(face, m, (1280, 720), borderMode=cv2.BORDER_REPLICATE))  # [720, 1280, 3]
     writer.release()
     return path
 
 
 def bench_preprocess(video: Path | None, n_frames: int) -> dict:
-    import cv2
+    """preprocess.py's pipeline and the reference procedure in this process, on the frames of one
+    video: frames/s and the keypoints found again in both crops."""
     import preprocess as pp
     cv2.setNumThreads(1)
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     models = pp.load_face_models()
     with tempfile.TemporaryDirectory() as tmp:
@@ -198,6 +311,7 @@ def bench_preprocess(video: Path | None, n_frames: int) -> dict:
     start = time.perf_counter()
     reference = [pp.reference_crop(frame, models) for frame in frames]
     reference_seconds = time.perf_counter() - start
+    torch.set_num_threads(threads)
     ours = {c.frame: c.image for c in (people[0] if people else [])}
     distances = []
     for index, ref in zip(indices, reference):
@@ -221,28 +335,96 @@ def _keypoints_in_crop(image: np.ndarray, models) -> np.ndarray | None:
     return pp.landmarks5(image, (largest.left(), largest.top(), largest.right(), largest.bottom()), models)
 
 
-def bench_data(n_images: int) -> dict:
-    """Augmented training images/s of one worker: PNG decode, the paper's augmentations, CLIP transform."""
-    import cv2
-    import data
-    torch.set_num_threads(1)  # a DataLoader worker runs single-threaded
-    cv2.setNumThreads(1)
-    rng = np.random.default_rng(0)
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = Path(tmp)
-        frames = []
-        for i in range(8):
-            crop = cv2.GaussianBlur(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8), (0, 0), 3)
-            cv2.imwrite(str(folder / f"{i}.png"), crop)
-            frames.append(folder / f"{i}.png")
-        dataset = data.FrameDataset([data.Video("v", "youtube", 0, folder, frames)], data.train_transform(), seed=0)
-        dataset[0]
-        start = time.perf_counter()
-        for i in range(n_images):
-            dataset[i % len(dataset)]
-        seconds = time.perf_counter() - start
-    return {"images_per_s_per_worker": n_images / seconds}
+def face_box_px(video: Path) -> int | None:
+    """Width of the largest dlib face box in the video's first frame (full frame, upsample 1)."""
+    import preprocess as pp
+    models = pp.load_face_models()
+    _, frames = pp.read_frames(video, 1)
+    rects = models.detector(frames[0], 1)
+    return max(r.width() for r in rects) if len(rects) else None
 
+
+def preprocess_run(root: Path, out: Path, n_frames: int, reference: bool) -> float:
+    """Seconds of one whole `python preprocess.py` run, start-up included, on one worker."""
+    command = [sys.executable, "preprocess.py", "--dataset", "folder", "--root", str(root), "--out", str(out),
+               "--workers", "1", "--frames", str(n_frames)] + (["--reference"] if reference else [])
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, cwd=HERE)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise SystemExit(f"bench: `{' '.join(command)}` failed ({done.returncode}): {tail[0]}")
+    return seconds
+
+
+def preprocess_case(zoom: float, n_videos: int, n_frames: int) -> dict:
+    """preprocess.py against --reference on a `folder` dataset <root>/real/<name>.mp4 of `n_videos`
+    synthetic 720p videos; each run writes into its own fresh folder (a done video is skipped)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "videos"
+        (root / "real").mkdir(parents=True)
+        videos = [synthetic_720p_video(root / "real" / f"v{k}.mp4", n_frames, zoom, k) for k in range(n_videos)]
+        seconds = preprocess_run(root, Path(tmp) / "fast", n_frames, reference=False)
+        reference_seconds = preprocess_run(root, Path(tmp) / "reference", n_frames, reference=True)
+        crops = [len(list((Path(tmp) / name).rglob("*.png"))) for name in ("fast", "reference")]
+        face_px = face_box_px(videos[0])
+    frames = n_videos * n_frames
+    return {"videos": n_videos, "frames": frames, "face_px": face_px, "seconds": seconds,
+            "frames_per_s": frames / seconds, "crops": crops[0], "reference_seconds": reference_seconds,
+            "reference_frames_per_s": frames / reference_seconds, "reference_crops": crops[1],
+            "speedup": reference_seconds / seconds}
+
+
+def bench_preprocess_runs(n_videos: int, n_frames: int) -> dict:
+    return {"small_faces": preprocess_case(SMALL_FACE_ZOOM, n_videos, n_frames),
+            "typical_faces": preprocess_case(TYPICAL_FACE_ZOOM, n_videos, n_frames)}
+
+
+# ----------------------------------------------------------------------------- bottleneck, recipe
+
+def paper_step(step: dict) -> dict:
+    """The step the paper's recipe runs (no checkpointing), or the checkpointed one when the plain
+    step did not fit in memory."""
+    return step["checkpointing"] if "error" in step else step
+
+
+def bottleneck(results: dict, device: torch.device) -> dict:
+    """Loader images/s against training-step images/s; when the loader is slower, the workers it
+    would need at its measured per-worker rate."""
+    step_ips = paper_step(results["train_step"]).get("images_per_s")
+    d = results["data"]
+    if step_ips is None:
+        return {"limited_by": None, "verdict": "no training step fitted in memory"}
+    compute = "gpu" if device.type == "cuda" else "cpu"
+    if d["loader_images_per_s"] >= step_ips:
+        return {"limited_by": compute, "workers_needed": None,
+                "verdict": f"{compute.upper()}: the training step takes {step_ips:.0f} images/s, the loader "
+                           f"gives {d['loader_images_per_s']:.0f} with {d['workers']} workers"}
+    per_worker = d["loader_images_per_s_per_worker"]
+    needed, cpus = math.ceil(step_ips / per_worker), os.cpu_count() or 1
+    verdict = (f"loader: {d['loader_images_per_s']:.0f} images/s with {d['workers']} workers < the training step's "
+               f"{step_ips:.0f}; it needs ~{needed} workers at {per_worker:.0f} images/s each")
+    if needed > cpus:
+        verdict += f" (more than the {cpus} CPUs here)"
+    return {"limited_by": "loader", "workers_needed": needed, "verdict": verdict}
+
+
+def recipe(results: dict, model: str) -> dict | None:
+    """The paper's whole training (TrainConfig: 10 epochs of FF++ c23's 720 train videos x 5 sources
+    x 32 frames) at the measured rate: the slower of the training step and (when measured) the loader."""
+    cfg = train.TrainConfig()
+    step_ips = paper_step(results["train_step"]).get("images_per_s")
+    if step_ips is None:
+        return None
+    ips, limited_by = step_ips, "train_step"
+    if "data" in results and results["data"]["loader_images_per_s"] < step_ips:
+        ips, limited_by = results["data"]["loader_images_per_s"], "loader"
+    frames = FFPP_TRAIN_VIDEOS * len(cfg.sources) * cfg.frames
+    return {"model": model, "epochs": cfg.epochs, "frames_per_epoch": frames, "images_per_s": ips,
+            "limited_by": limited_by, "minutes": cfg.epochs * frames / ips / 60}
+
+
+# ----------------------------------------------------------------------------- report
 
 def device_info(device: torch.device) -> str:
     if device.type == "cuda":
@@ -254,44 +436,117 @@ def device_info(device: torch.device) -> str:
     return f"{name} x{os.cpu_count()} CPU, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
+def step_row(name: str, r: dict) -> str:
+    if "error" in r:
+        return f"| {name} | {r['error']} |"
+    shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["time_shares"].items())
+    return (f"| {name} | {r['images_per_s']:.2f} images/s, {r['ratio_to_forward']:.2f}x the forward's time, "
+            f"peak {r['peak_memory_mb']:.0f} MB above the model ({r['peak_memory_total_mb']:.0f} MB in all); "
+            f"time: {shares} |")
+
+
+def preprocess_rows(p: dict) -> list[str]:
+    px = "n/a" if p["keypoint_px"] is None else f"{p['keypoint_px']:.2f} px"
+    rows = [f"| preprocess ({p['frame_size'][1]}x{p['frame_size'][0]}, 1 core) | {p['frames_per_s']:.1f} frames/s vs "
+            f"reference {p['reference_frames_per_s']:.1f} ({p['speedup']:.1f}x), keypoints {px} |"]
+    for name in ("small_faces", "typical_faces"):
+        c = p[name]
+        face = f"~{c['face_px']} px" if c["face_px"] else "no face found"
+        what = f"{name.replace('_', ' ')} ({face}), {c['videos']} x {c['frames'] // c['videos']}-frame videos"
+        ours = f"{c['frames_per_s']:.1f} frames/s ({c['seconds']:.1f} s, {c['crops']} crops)"
+        ref = f"{c['reference_frames_per_s']:.1f} ({c['reference_seconds']:.1f} s, {c['reference_crops']} crops)"
+        rows.append(f"| preprocess.py runs, {what} | {ours} vs --reference {ref}: {c['speedup']:.1f}x |")
+    return rows
+
+
 def table(results: dict) -> str:
     rows = ["| part | figure |", "|---|---|"]
     if f := results.get("forward"):
-        rows.append(f"| forward (batch {results['batch_size']}) | {f['images_per_s']:.2f} images/s, "
-                    f"{f['tflop_per_s']:.3f} TFLOP/s = {100 * f['gemm_fraction']:.0f}% of GEMM ({f['gemm_tflop_per_s']:.3f} TFLOP/s) |")
+        rows.append(f"| forward ({f['dtype']}, batch {f['batch_size']}) | {f['images_per_s']:.2f} images/s, "
+                    f"{f['tflop_per_s']:.3f} TFLOP/s = {100 * f['gemm_fraction']:.0f}% of a GEMM's "
+                    f"{f['gemm_tflop_per_s']:.3f} TFLOP/s |")
     if t := results.get("train_step"):
-        for name, r in (("train step", t), ("train step, checkpointing", t["checkpointing"])):
-            shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["time_shares"].items())
-            rows.append(f"| {name} | {r['images_per_s']:.2f} images/s, {r['ratio_to_forward']:.2f}x the forward, "
-                        f"peak {r['peak_memory_mb']:.0f} MB; time: {shares} |")
-    if p := results.get("preprocess"):
-        px = "n/a" if p["keypoint_px"] is None else f"{p['keypoint_px']:.2f} px"
-        rows.append(f"| preprocess ({p['frame_size'][1]}x{p['frame_size'][0]}, 1 core) | {p['frames_per_s']:.1f} frames/s vs "
-                    f"reference {p['reference_frames_per_s']:.1f} ({p['speedup']:.1f}x), keypoints {px} |")
+        rows.append(step_row(f"train step (batch {t['batch_size']})", t))
+        rows.append(step_row("train step, checkpointing", t["checkpointing"]))
     if d := results.get("data"):
-        rows.append(f"| data loading | {d['images_per_s_per_worker']:.0f} augmented images/s per worker |")
+        rows.append(f"| data loading | {d['images_per_s_per_worker']:.0f} augmented images/s from one worker; "
+                    f"train.py's loader, {d['workers']} workers: {d['loader_images_per_s']:.0f} images/s |")
+    if b := results.get("bottleneck"):
+        rows.append(f"| bottleneck | {b['verdict']} |")
+    if r := results.get("recipe"):
+        rows.append(f"| paper recipe ({r['model']}, {r['epochs']} epochs x {r['frames_per_epoch']:,} frames) | "
+                    f"{results['recipe_minutes']:.0f} min at {r['images_per_s']:.1f} images/s ({r['limited_by']}) |")
+    if p := results.get("preprocess"):
+        rows += preprocess_rows(p)
     return "\n".join(rows)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--batch-size", type=int, default=None, help="default 8 on CPU, 64 on CUDA")
-    parser.add_argument("--repeat", type=int, default=None, help="timed repetitions (default 2 on CPU, 10 on CUDA)")
+# ----------------------------------------------------------------------------- command line
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
+def device_arg(text: str) -> torch.device:
+    """cpu, cuda or cuda:N, checked here so that a wrong one is a usage error, not a traceback later."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}: use cpu, cuda or cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"unsupported device {text!r}: use cpu, cuda or cuda:N")
+    if device.type == "cpu":
+        return device
+    if not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: no CUDA GPU here (torch.cuda.is_available() is False); "
+                                         "use --device cpu")
+    index = device.index or 0  # an explicit index: the memory counters and the name need one
+    if index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return torch.device("cuda", index)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    # a one-line usage: a wrong flag gives two short lines, not a screenful
+    usage = "%(prog)s [--device cpu|cuda[:N]] [--parts LIST] [options] (--help: all)"
+    parser = argparse.ArgumentParser(usage=usage, description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch-size", type=positive_int, default=None,
+                        help=f"default {train.TrainConfig().batch_size} (the paper's) on CUDA, 8 on CPU")
+    parser.add_argument("--repeat", type=positive_int, default=None,
+                        help="timed repetitions (default 2 on CPU, 10 on CUDA)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
-    parser.add_argument("--model", choices=("vit-l-14", "tiny"), default="vit-l-14", help="tiny: only to test this script")
-    parser.add_argument("--video", type=Path, default=None, help="720p video for the preprocessing part "
+    parser.add_argument("--model", choices=("vit-l-14", "tiny"), default="vit-l-14",
+                        help="tiny: only to test this script")
+    parser.add_argument("--video", type=Path, default=None, help="720p video for the keypoint comparison "
                         "(default: a synthetic one from scikit-image's astronaut photo)")
-    parser.add_argument("--frames", type=int, default=32)
-    parser.add_argument("--data-images", type=int, default=64)
+    parser.add_argument("--frames", type=positive_int, default=32,
+                        help="frames per video in the preprocessing part")
+    parser.add_argument("--preprocess-videos", type=positive_int, default=3,
+                        help="videos per whole preprocess.py run (small and typical faces)")
+    parser.add_argument("--data-images", type=positive_int, default=None,
+                        help="images through the loader (default: 256, or 3 batches per worker if more)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)
-    parts = args.parts.split(",")
-    if unknown := set(parts) - set(PARTS):
+    if unknown := set(args.parts.split(",")) - set(PARTS):
         parser.error(f"unknown parts {sorted(unknown)}; choose from {PARTS}")
-    device = torch.device(args.device)
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    parts, device = args.parts.split(","), args.device
     cuda = device.type == "cuda"
-    batch = args.batch_size or (64 if cuda else 8)
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = True  # as train.py
+    batch = args.batch_size or (train.TrainConfig().batch_size if cuda else 8)
     repeat = args.repeat or (10 if cuda else 2)
     results = {"device": device_info(device), "batch_size": batch}
 
@@ -301,7 +556,8 @@ def main(argv: list[str] | None = None) -> dict:
     if "forward" in parts or "train_step" in parts:
         stage(f"forward, {args.model}, batch {batch}")
         detector = build(args.model, device)
-        gemm = gemm_flops(device, 8192 if cuda else 4096)
+        # a 4096 fp32 GEMM takes ~0.7 s on a small CPU: the tiny model (only a test) times a smaller one
+        gemm = gemm_flops(device, 8192 if cuda else 4096 if args.model == "vit-l-14" else 1024)
         results["forward"] = bench_forward(detector, device, batch, repeat, gemm)
         if "train_step" in parts:
             del detector
@@ -311,10 +567,16 @@ def main(argv: list[str] | None = None) -> dict:
             del results["forward"]
     if "data" in parts:
         stage("data loading")
-        results["data"] = bench_data(args.data_images)
+        results["data"] = bench_data(args.data_images, batch, pin_memory=cuda)
+    if "train_step" in results and "data" in results:
+        results["bottleneck"] = bottleneck(results, device)
+    if "train_step" in results and (plan := recipe(results, args.model)):
+        results["recipe"], results["recipe_minutes"] = plan, plan["minutes"]
     if "preprocess" in parts:
         stage("preprocessing and the reference procedure")
         results["preprocess"] = bench_preprocess(args.video, args.frames)
+        stage(f"whole preprocess.py runs, small and typical faces: {args.preprocess_videos} x {args.frames}-frame videos")
+        results["preprocess"] |= bench_preprocess_runs(args.preprocess_videos, args.frames)
 
     print(f"{results['device']}\n\n{table(results)}")
     if args.json:
