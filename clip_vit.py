@@ -1,12 +1,16 @@
 """CLIP in plain PyTorch, OpenAI's weights, and the deepfake detector built on its image tower.
 
-Read top to bottom:
-  1. the model (OpenAI's parameter names, so their checkpoints load with strict=True),
-  2. build_model / build_visual, which infer every size from the tensors,
-  3. downloads (cached, SHA-256 verified, atomic) and load(),
-  4. the byte-level BPE tokenizer,
-  5. the detector (L2-normalised ln_post class token -> Linear(width, 2)) and LN-tuning,
-  6. checkpoints: this project's small format, Hugging Face conversion, the authors' model.ckpt.
+Read top to bottom (the order of OpenAI's own model.py, then clip.py, then simple_tokenizer.py):
+  1. the model: OpenAI's modules and parameter names, so their checkpoints load with strict=True,
+  2. the detector (ln_post class token -> L2 normalise -> Linear(width, 2)) and LN-tuning,
+  3. build_model / build_visual / tiny models: every size inferred from the tensors,
+  4. files and downloads: every file read is checked first (missing, empty, truncated, not a
+     torch file, wrong content -> one ValueError naming the file, the fault and what to do),
+     cached SHA-256-verified downloads, load(), image_transform(),
+  5. the byte-level BPE tokenizer,
+  6. this project's checkpoints (the trainable tensors + config + hash of the frozen rest),
+  7. Hugging Face names and the authors' Lightning model.ckpt, read for what it says without
+     importing or running anything of theirs; load_detector(), which takes any of them.
 
     >>> model = load("ViT-L/14")                       # downloads ~890 MB once into ~/.cache/clip
     >>> detector = load_detector("authors")            # the paper's released weights
@@ -14,14 +18,15 @@ Read top to bottom:
 """
 from __future__ import annotations
 
+import _compat_pickle
 import gzip
 import hashlib
 import html
 import http.client
-import importlib.util
 import io
 import os
 import pickle
+import re
 import sys
 import tempfile
 import urllib.error
@@ -29,7 +34,7 @@ import urllib.request
 import zipfile
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import ftfy
 import regex
@@ -58,9 +63,9 @@ AUTHORS_URL = "https://huggingface.co/yermandy/deepfake-detection/resolve/main/m
 MIRROR_ENV = "CLIP_MIRROR"  # a URL serving the files by name: <mirror>/ViT-L-14.pt, <mirror>/model.ckpt
 
 
-# ----------------------------------------------------------------------------------------------
+# ==============================================================================================
 # 1. The model
-# ----------------------------------------------------------------------------------------------
+# ==============================================================================================
 
 class MLP(nn.Module):
     """c_fc -> QuickGELU -> c_proj, where QuickGELU(x) = x * sigmoid(1.702 x) is what OpenAI trained
@@ -213,9 +218,66 @@ class CLIP(nn.Module):
         return logits_per_image, logits_per_image.t()
 
 
-# ----------------------------------------------------------------------------------------------
-# 2. Sizes from tensors
-# ----------------------------------------------------------------------------------------------
+# ==============================================================================================
+# 2. The detector and LN-tuning
+# ==============================================================================================
+
+class DeepfakeDetector(nn.Module):
+    """CLIP image tower -> ln_post(class token) -> L2 normalise -> Linear(width, 2). Class 1 = fake.
+
+    normalize=False skips the L2 normalisation: the head then reads the raw ln_post features
+    (the paper's "LN-tuning" row without "+ L2 norm"; the authors' `linear` head)."""
+
+    def __init__(self, visual: VisionTransformer, normalize: bool = True):
+        super().__init__()
+        self.visual = visual
+        self.normalize = normalize
+        self.head = nn.Linear(visual.width, 2)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        x = self.visual.forward_features(images)                        # [N, 1024]
+        return F.normalize(x, dim=-1) if self.normalize else x          # on the unit hypersphere
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))                         # [N, 2]
+
+
+TUNING = ("ln", "linear-probe", "full")
+
+
+def set_trainable(detector: DeepfakeDetector, tuning: str) -> int:
+    """Which tensors train: "ln" = every LayerNorm's weight and bias + head (the paper), "linear-probe"
+    = head only, "full" = everything. Returns the number of trainable parameters."""
+    if tuning not in TUNING:
+        raise ValueError(f"tuning must be one of {TUNING}, got {tuning!r}")
+    detector.requires_grad_(tuning == "full")
+    if detector.visual.proj is not None:  # unused by the detector: no gradient reaches it (DDP would wait for one)
+        detector.visual.proj.requires_grad_(False)
+    if tuning == "ln":
+        for module in detector.visual.modules():
+            if isinstance(module, nn.LayerNorm):
+                module.requires_grad_(True)
+    detector.head.requires_grad_(True)
+    return sum(p.numel() for p in detector.parameters() if p.requires_grad)
+
+
+def enable_ln_tuning(detector: DeepfakeDetector) -> int:
+    return set_trainable(detector, "ln")
+
+
+def build_detector(clip: str, normalize: bool = True, device: str | torch.device = "cpu",
+                   download_root: str | os.PathLike | None = None) -> DeepfakeDetector:
+    """`clip`: a model name ("ViT-L/14", downloaded), a path to OpenAI weights, or "tiny"."""
+    if clip == "tiny":
+        visual = tiny_visual()
+    else:
+        visual = build_visual(read_clip_weights(_model_file(clip, download_root), text=False))
+    return DeepfakeDetector(visual, normalize).to(device)
+
+
+# ==============================================================================================
+# 3. Sizes from tensors
+# ==============================================================================================
 
 def _count_blocks(state_dict: dict, prefix: str) -> int:
     return len({k[len(prefix):].split(".")[0] for k in state_dict if k.startswith(prefix)})
@@ -288,9 +350,67 @@ def tiny_clip(seed: int = 0, vocab_size: int = 49408) -> CLIP:
                     transformer_layers=2)
 
 
-# ----------------------------------------------------------------------------------------------
-# 3. Downloads and loading
-# ----------------------------------------------------------------------------------------------
+# ==============================================================================================
+# 4. Files and downloads
+# ==============================================================================================
+
+def check_torch_file(path: str | os.PathLike, negation: str, fix: str) -> str:
+    """What kind of file torch is about to read: "torch" (torch.save: a zip, or a pickle before PyTorch
+    1.6) or "torchscript" (torch.jit.save: OpenAI's archives). Checked on its first bytes and zip index,
+    without reading the tensors: FileNotFoundError when missing; otherwise one ValueError naming the
+    file, the fault (folder, empty, cut short, not a torch file: `negation`) and `fix`."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file; {fix}")
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a file; {fix}")
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"{path} is an empty file (0 bytes); {fix}")
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(b"PK\x03\x04"):
+        try:  # the index sits at the end of a zip: a file cut short has none
+            names = zipfile.ZipFile(path).namelist()
+        except (zipfile.BadZipFile, OSError):
+            raise ValueError(f"{path} is truncated or corrupt (not a complete zip/torch file: {size:,} bytes and "
+                             f"no zip index at the end, as after an interrupted download or copy); {fix}") from None
+        if not any(n.endswith("data.pkl") for n in names):
+            raise ValueError(f"{path} is {negation}: a zip file, but not one torch wrote (no data.pkl in it); {fix}")
+        return "torchscript" if any(n.endswith("/constants.pkl") for n in names) else "torch"
+    if head[:1] == b"\x80":  # a pickle: torch.save's format before PyTorch 1.6
+        return "torch"
+    looks = ", a text file" if all(32 <= b < 127 or b in b"\t\r\n" for b in head) else ""
+    raise ValueError(f"{path} is {negation}: not a torch file at all (it starts with {head!r}{looks}); {fix}")
+
+
+def torch_load(path: str | os.PathLike, negation: str, fix: str, **kwargs) -> Any:
+    """torch.load to the CPU of a file check_torch_file passed: every failure is one ValueError."""
+    try:
+        return torch.load(path, map_location="cpu", **kwargs)
+    except RefusedPickle as e:
+        raise ValueError(f"{path}: {e}") from None
+    except pickle.UnpicklingError as e:
+        if kwargs.get("weights_only") and "Unsupported global" in str(e):
+            reason = next(line for line in str(e).splitlines() if "Unsupported global" in line).strip()
+            raise ValueError(f"{path} is {negation}: it holds pickled Python objects besides tensors "
+                             f"({reason}); {fix}") from None
+        raise ValueError(f"{path} is truncated or corrupt ({_first_line(e)}); {fix}") from None
+    except Exception as e:  # torch's many ways of saying the bytes are damaged: EOFError, RuntimeError, OSError 22
+        raise ValueError(f"{path} is truncated or corrupt ({type(e).__name__}: {_first_line(e)}); {fix}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:200]
+
+
+def _describe(obj: Any) -> str:
+    """What a loaded file holds, in a few words, for error messages."""
+    if isinstance(obj, dict):
+        keys = ", ".join(repr(k) for k in list(obj)[:4]) + (", ..." if len(obj) > 4 else "")
+        return f"a dict with keys {keys}" if obj else "an empty dict"
+    return f"a {type(obj).__name__}"
+
 
 class DownloadError(RuntimeError):
     pass
@@ -359,30 +479,64 @@ def _model_file(name_or_path: str, download_root: str | os.PathLike | None) -> P
     raise ValueError(f"unknown CLIP model {name_or_path!r}: expected one of {list(MODELS)} or a path to a file")
 
 
+OPENAI_FIX = ("pass OpenAI's CLIP weights: a model name such as ViT-L/14 (downloaded and checked) or the path of "
+              "its .pt file (download it again if it was cut short)")
+
+
 def read_state_dict(path: str | os.PathLike) -> dict:
     """An OpenAI TorchScript archive or a plain state dict file -> {name: tensor}."""
-    # OpenAI's files are TorchScript archives: TorchScript code and tensors, no pickled Python.
-    if zipfile.is_zipfile(path) and any(n.endswith("/constants.pkl") for n in zipfile.ZipFile(path).namelist()):
-        return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError) as e:
-        raise ValueError(f"{path} is neither a TorchScript archive nor a state dict ({str(e).splitlines()[0]})") from None
+    if check_torch_file(path, "not CLIP weights", OPENAI_FIX) == "torchscript":
+        # OpenAI's files are TorchScript archives: TorchScript code and tensors, no pickled Python.
+        try:
+            return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+        except Exception as e:
+            raise ValueError(f"{path} is truncated or corrupt (a TorchScript archive torch cannot read: "
+                             f"{_first_line(e)}); {OPENAI_FIX}") from None
+    sd = torch_load(path, "not CLIP weights", OPENAI_FIX, weights_only=True)
+    if isinstance(sd, dict) and sd.get("format") == FORMAT:
+        raise ValueError(f"{path} is a checkpoint of this project (its trained LayerNorms and head), not CLIP "
+                         f"weights: pass it as the checkpoint, and the CLIP weights it was trained from as the CLIP")
     if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
         sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise ValueError(f"{path} holds a {type(sd).__name__}, expected a state dict")
+    if not isinstance(sd, dict) or not sd or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise ValueError(f"{path} holds {_describe(sd)}, not a state dict of tensors; {OPENAI_FIX}")
+    return sd
+
+
+def read_clip_weights(path: str | os.PathLike, text: bool = True) -> dict:
+    """read_state_dict, checked to hold a ViT CLIP: the image tower, and the text tower when `text`."""
+    sd = read_state_dict(path)
+    need = ["visual.conv1.weight", "visual.class_embedding", "visual.positional_embedding"]
+    need += ["token_embedding.weight", "positional_embedding", "ln_final.weight", "text_projection"] if text else []
+    missing = [k for k in need if k not in sd]
+    if "visual.layer1.0.conv1.weight" in sd:
+        raise ValueError(f"{path} is a ResNet CLIP: only ViT CLIP models are built here; {OPENAI_FIX}")
+    if missing:
+        raise ValueError(f"{path} is a state dict of another model: missing {missing[0]}; {OPENAI_FIX}")
     return sd
 
 
 def load(name_or_path: str, device: str | torch.device = "cpu", download_root: str | os.PathLike | None = None) -> CLIP:
     """CLIP by name (downloaded and cached) or from a local OpenAI archive / state-dict file, in fp32."""
-    return build_model(read_state_dict(_model_file(name_or_path, download_root))).to(device).eval()
+    return build_model(read_clip_weights(_model_file(name_or_path, download_root))).to(device).eval()
 
 
-# ----------------------------------------------------------------------------------------------
-# 4. The tokenizer: byte-level BPE over OpenAI's vocabulary
-# ----------------------------------------------------------------------------------------------
+def image_transform(size: int = 224):
+    """CLIP's preprocessing: shortest side to `size` (bicubic), centre crop, scale to [0, 1],
+    normalise. Takes a PIL image, an HWC uint8 array or a CHW uint8 tensor."""
+    from torchvision.transforms import v2  # imported here: the model itself does not need torchvision
+    return v2.Compose([
+        v2.ToImage(),
+        v2.Resize(size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+        v2.CenterCrop(size),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(OPENAI_MEAN, OPENAI_STD),
+    ])
+
+
+# ==============================================================================================
+# 5. The tokenizer: byte-level BPE over OpenAI's vocabulary
+# ==============================================================================================
 
 @lru_cache()
 def _byte_alphabet() -> dict[int, str]:
@@ -473,78 +627,13 @@ def tokenize(texts: str | list[str], context_length: int = 77, truncate: bool = 
     return result
 
 
-# ----------------------------------------------------------------------------------------------
-# 5. The detector
-# ----------------------------------------------------------------------------------------------
-
-def image_transform(size: int = 224):
-    """CLIP's preprocessing: shortest side to `size` (bicubic), centre crop, scale to [0, 1],
-    normalise. Takes a PIL image, an HWC uint8 array or a CHW uint8 tensor."""
-    from torchvision.transforms import v2  # imported here: the model itself does not need torchvision
-    return v2.Compose([
-        v2.ToImage(),
-        v2.Resize(size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-        v2.CenterCrop(size),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(OPENAI_MEAN, OPENAI_STD),
-    ])
-
-
-class DeepfakeDetector(nn.Module):
-    """CLIP image tower -> ln_post(class token) -> L2 normalise -> Linear(width, 2). Class 1 = fake."""
-
-    def __init__(self, visual: VisionTransformer, normalize: bool = True):
-        super().__init__()
-        self.visual = visual
-        self.normalize = normalize
-        self.head = nn.Linear(visual.width, 2)
-
-    def features(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.visual.forward_features(images)                        # [N, 1024]
-        return F.normalize(x, dim=-1) if self.normalize else x          # on the unit hypersphere
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(images))                         # [N, 2]
-
-
-TUNING = ("ln", "linear-probe", "full")
-
-
-def set_trainable(detector: DeepfakeDetector, tuning: str) -> int:
-    """Which tensors train: "ln" = every LayerNorm's weight and bias + head (the paper), "linear-probe"
-    = head only, "full" = everything. Returns the number of trainable parameters."""
-    if tuning not in TUNING:
-        raise ValueError(f"tuning must be one of {TUNING}, got {tuning!r}")
-    detector.requires_grad_(tuning == "full")
-    if detector.visual.proj is not None:  # unused by the detector: no gradient reaches it (DDP would wait for one)
-        detector.visual.proj.requires_grad_(False)
-    if tuning == "ln":
-        for module in detector.visual.modules():
-            if isinstance(module, nn.LayerNorm):
-                module.requires_grad_(True)
-    detector.head.requires_grad_(True)
-    return sum(p.numel() for p in detector.parameters() if p.requires_grad)
-
-
-def enable_ln_tuning(detector: DeepfakeDetector) -> int:
-    return set_trainable(detector, "ln")
-
-
-def build_detector(clip: str, normalize: bool = True, device: str | torch.device = "cpu",
-                   download_root: str | os.PathLike | None = None) -> DeepfakeDetector:
-    """`clip`: a model name ("ViT-L/14", downloaded), a path to OpenAI weights, or "tiny"."""
-    if clip == "tiny":
-        visual = tiny_visual()
-    else:
-        visual = build_visual(read_state_dict(_model_file(clip, download_root)))
-    return DeepfakeDetector(visual, normalize).to(device)
-
-
-# ----------------------------------------------------------------------------------------------
-# 6. Checkpoints
-# ----------------------------------------------------------------------------------------------
+# ==============================================================================================
+# 6. This project's checkpoints
+# ==============================================================================================
 
 FORMAT = "clip-deepfake/1"
+CHECKPOINT_FIX = ("write it again by re-running training (train.py), or pass another checkpoint "
+                  "(runs/<name>/best.pt or last.pt)")
 
 
 def base_sha256(detector: nn.Module, exclude: Iterable[str]) -> str:
@@ -571,10 +660,27 @@ def save_checkpoint(path: str | os.PathLike, detector: DeepfakeDetector, config:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """This project's checkpoint; weights_only=True, so nothing in the file can run code."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    """This project's checkpoint (best.pt / last.pt); weights_only=True, so nothing in the file can run code.
+    A missing file is FileNotFoundError; an empty, truncated, corrupt or foreign one one ValueError."""
+    negation = "not a checkpoint of this project"
+    if check_torch_file(path, negation, CHECKPOINT_FIX) == "torchscript":
+        raise ValueError(f"{path} is {negation}: a TorchScript archive (OpenAI's CLIP weights?); {CHECKPOINT_FIX}")
+    return _checked_checkpoint(torch_load(path, negation, CHECKPOINT_FIX, weights_only=True), path)
+
+
+def _checked_checkpoint(ckpt: Any, path: str | os.PathLike) -> dict:
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a checkpoint of this project (format {FORMAT!r})")
+        found = "the authors' Lightning model.ckpt" if isinstance(ckpt, dict) and "pytorch-lightning_version" in ckpt \
+            else _describe(ckpt)
+        raise ValueError(f"{path} is not a checkpoint of this project (format {FORMAT!r}): it holds {found}; "
+                         f"{CHECKPOINT_FIX}")
+    parts = {"state_dict": dict, "config": dict, "base_sha256": str}
+    bad = [k for k, kind in parts.items() if not isinstance(ckpt.get(k), kind)]
+    bad += [] if bad or "clip" in ckpt["config"] else ["config['clip']"]
+    bad += [] if bad or all(isinstance(t, torch.Tensor) for t in ckpt["state_dict"].values()) else ["state_dict"]
+    if bad:
+        raise ValueError(f"{path} is a damaged checkpoint of this project: its {bad[0]} is missing or malformed; "
+                         f"{CHECKPOINT_FIX}")
     return ckpt
 
 
@@ -589,6 +695,10 @@ def apply_checkpoint(detector: DeepfakeDetector, ckpt: dict, clip: str = "the gi
                          f"but {clip} has {found[:16]}...: pass the CLIP weights it was trained from (--clip)")
     detector.load_state_dict(ckpt["state_dict"], strict=False)
 
+
+# ==============================================================================================
+# 7. Hugging Face names, the authors' model.ckpt, and load_detector
+# ==============================================================================================
 
 def convert_hf_vision_state_dict(state_dict: dict) -> dict:
     """Hugging Face CLIPVisionModel names (`vision_model.*`, q/k/v apart) -> OpenAI `visual.*` names."""
@@ -616,27 +726,58 @@ def convert_hf_vision_state_dict(state_dict: dict) -> dict:
     return out
 
 
-class Placeholder:
-    """Stands in for a pickled object whose class does not exist here (the authors' config enums):
-    it records what was pickled and never runs anything."""
+# ---------------------------------------------------------------- reading pickles without running them
 
-    def __init__(self, *args, **kwargs):
-        self.args, self.state = args, None
+class Placeholder:
+    """Stands in for a pickled object whose class is never imported here (the authors' config enums
+    and objects): it records what the file says (module, name, arguments, state, items) and runs nothing."""
+    pickled_module = pickled_name = ""
+
+    def __new__(cls, *args, **kwargs):  # NEWOBJ calls only __new__; REDUCE calls the class: Enum(value)
+        self = super().__new__(cls)
+        self.args, self.kwargs, self.state, self.items, self.list = args, kwargs, None, {}, []
+        return self
+
+    def __init__(self, *args, **kwargs):  # __new__ has recorded the arguments
+        pass
 
     def __setstate__(self, state):
         self.state = state
 
+    def __setitem__(self, key, value):  # a pickled dict subclass
+        self.items[key] = value
+
+    def append(self, value):  # a pickled list subclass
+        self.list.append(value)
+
+    def extend(self, values):
+        self.list.extend(values)
+
     def __repr__(self) -> str:
-        return f"<{type(self).__qualname__}{self.args}>"
+        return f"<{self.pickled_module}.{self.pickled_name}{self.args}>"
 
 
 class RefusedPickle(pickle.UnpicklingError):
     pass
 
 
+# Modules whose callables run code or reach the interpreter, files, processes or the network. A
+# checkpoint has no reason to name any of them, so a pickle that does was made to run it: refused.
+CODE_RUNNING = frozenset({
+    "builtins", "__builtin__", "os", "posix", "nt", "sys", "subprocess", "importlib", "runpy", "code", "codeop",
+    "shutil", "socket", "pickle", "_pickle", "marshal", "types", "ctypes", "codecs", "_codecs", "io", "_io",
+    "operator", "functools", "pty", "multiprocessing", "threading", "_thread", "signal", "webbrowser", "asyncio",
+    "inspect", "pdb", "timeit", "tempfile", "glob", "urllib", "http", "ftplib", "smtplib", "zipimport", "gc",
+})
+
+
 class RestrictedUnpickler(pickle.Unpickler):
-    """Unpickles tensors and plain containers only. A global from a module that does not exist here
-    becomes an inert Placeholder; any other global (os.system, builtins.eval, ...) is refused."""
+    """Unpickles tensors and plain containers, and reads every other object for what it says.
+
+    Only ALLOWED globals are ever resolved, so nothing is imported: nothing in the file, in the
+    authors' package or in whatever `src/` folder is importable here can run. A global of a module
+    in CODE_RUNNING (os.system, builtins.eval, subprocess.Popen, ...) is refused; any other (the
+    authors' `src.config.Head`, ...) becomes an inert Placeholder carrying its module and name."""
 
     ALLOWED = {
         ("collections", "OrderedDict"), ("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
@@ -647,12 +788,15 @@ class RestrictedUnpickler(pickle.Unpickler):
     }
 
     def find_class(self, module: str, name: str):
+        # Names as Python 3 knows them: protocol-2 pickles carry Python 2's (subprocess.Popen as commands.Popen).
+        module, name = _compat_pickle.NAME_MAPPING.get((module, name),
+                                                       (_compat_pickle.IMPORT_MAPPING.get(module, module), name))
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
-        top = module.split(".")[0]
-        if top in sys.modules or importlib.util.find_spec(top) is not None:
-            raise RefusedPickle(f"refusing to unpickle {module}.{name}: it exists here and could run code")
-        return type(name, (Placeholder,), {"__module__": module})
+        if module.split(".")[0] in CODE_RUNNING:
+            raise RefusedPickle(f"refusing to unpickle {module}.{name}: the file names a function that runs code, "
+                                f"which no checkpoint needs; use a file from a source you trust")
+        return type(name, (Placeholder,), {"__module__": module, "pickled_module": module, "pickled_name": name})
 
 
 class _RestrictedPickleModule:
@@ -665,47 +809,177 @@ class _RestrictedPickleModule:
         return RestrictedUnpickler(file, **kwargs).load()
 
 
-def read_authors_checkpoint(path: str | os.PathLike) -> dict:
-    """The authors' Lightning model.ckpt -> OpenAI-named visual tensors + `head.*`, without their
-    code and without running anything pickled in the file (see RestrictedUnpickler)."""
+def _plain(x: Any) -> Any:
+    """A pickled value with its Placeholders replaced by what they say: an enum member (pickled as
+    Class(value)) by its value, an object by its attributes, a dict or list subclass by its items."""
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    if not isinstance(x, Placeholder):
+        return x
+    if len(x.args) == 1 and x.state is None and not x.items and not x.list:
+        return _plain(x.args[0])
+    state = x.state
+    if isinstance(state, tuple) and len(state) == 2:  # (__dict__, slot values)
+        state = {**(state[0] or {}), **(state[1] or {})}
+    if isinstance(state, dict) and isinstance(state.get("__dict__"), dict):  # a pydantic model
+        state = state["__dict__"]
+    content = {**(state if isinstance(state, dict) else {}), **x.items}
+    return _plain(content) if content else [_plain(v) for v in x.list] if x.list else x
+
+
+# ---------------------------------------------------------------- the authors' model.ckpt
+
+NEITHER = "neither a checkpoint of this project nor the authors' model.ckpt"
+AUTHORS_FIX = f"download the authors' model.ckpt again ({AUTHORS_URL}) and pass it, or pass 'authors'"
+DETECTOR_FIX = ("pass best.pt or last.pt written by train.py (re-run training if it was cut short), "
+                "the authors' model.ckpt, or 'authors' to download it")
+AUTHORS_PREFIX = "feature_extractor.base_model.model."  # PEFT's wrapper around a Hugging Face CLIP
+_LN = r"(?:\.base_layer|\.ln_tuning_layers\.default)?"  # PEFT's LN-tuning: the frozen original and the tuned copy
+AUTHORS_KEY = re.compile(
+    r"vision_model\.(?:embeddings\.(?:class_embedding|patch_embedding\.weight|position_embedding\.weight|position_ids)"
+    rf"|(?:pre_layrnorm|post_layernorm){_LN}\.(?:weight|bias)"
+    rf"|encoder\.layers\.\d+\.(?:self_attn\.(?:q|k|v|out)_proj|layer_norm[12]{_LN}|mlp\.fc[12])\.(?:weight|bias))"
+    r"|visual_projection\.weight")
+
+# The forward pass their config can change, from the fields of their src/config.py (enum values as
+# pickled). head: `linear` feeds the raw ln_post features to the head, `LinearNorm` L2-normalises them.
+AUTHORS_HEADS = {"linear": False, "LinearNorm": True}
+AUTHORS_DEFAULT_HEAD = "LinearNorm"  # their released model, and the paper's method
+CLIP_BACKBONES = {  # their Backbone values (Hugging Face names) -> (width, blocks, patch, input size)
+    "openai/clip-vit-base-patch16": (768, 12, 16, 224), "openai/clip-vit-base-patch32": (768, 12, 32, 224),
+    "openai/clip-vit-large-patch14": (1024, 24, 14, 224), "openai/clip-vit-large-patch14-336": (1024, 24, 14, 336),
+}
+INPUT_SIZE_FIELDS = ("backbone_args.img_size", "img_size", "image_size", "input_size", "input_resolution")
+FORWARD_FIELDS = {  # field: (the values this project reproduces; None = not set), what any other value does
+    "num_classes": ((None, 2), "is not this detector's 2 classes (real, fake)"),
+    "inference_strategy": ((None, "softmax"), "is not the softmax this project scores with"),
+    "backbone_args.merge_cls_token_with_patches": ((None,), "mixes patch tokens into the feature; "
+                                                            "this project reads the class token alone"),
+    "peft_v2.lora": ((None,), "adds LoRA adapters to the tower; this project runs LN-tuned towers only"),
+    "custom_preprocessing.zoom_factor": ((None, 1), "zooms the images before the model; this project does not"),
+    "custom_preprocessing.image_size": ((None,), "resizes the images before the model; this project does not"),
+    "custom_preprocessing.flip_left_right": ((None, False), "mirrors the images before the model; "
+                                                            "this project does not"),
+}
+
+
+def _field(config: dict, dotted: str) -> Any:
+    """config["a"]["b"] for "a.b"; None when any part is missing."""
+    for part in dotted.split("."):
+        if not isinstance(config, dict):
+            return None
+        config = config.get(part)
+    return config
+
+
+def _refusal(path: str | os.PathLike, field: str, value: Any, why: str) -> ValueError:
+    return ValueError(f"{path}: hyper_parameters {field}={value!r} {why}")
+
+
+def _authors_normalize(config: dict, sizes: dict, path: str | os.PathLike) -> bool:
+    """Reads every field of the authors' config that changes the forward pass: honours the head
+    (returns whether features are L2-normalised), checks the backbone and input size against the
+    tensors, and refuses any setting this project does not reproduce. Absent fields mean the
+    released model's values (head LinearNorm; backbone and input size as the tensors say)."""
+    head = config.get("head", AUTHORS_DEFAULT_HEAD)
+    if not isinstance(head, str) or head not in AUTHORS_HEADS:
+        raise _refusal(path, "head", head, f"is not a head this project runs (it runs {list(AUTHORS_HEADS)}: "
+                                           f"linear on the raw ln_post features, or on L2-normalised ones)")
+    tower = (sizes["width"], sizes["layers"], sizes["patch_size"], sizes["input_resolution"])
+    described = f"a ViT of width {tower[0]}, {tower[1]} blocks, {tower[2]}-px patches, {tower[3]} px input"
+    backbone = config.get("backbone")
+    if backbone is not None and backbone not in CLIP_BACKBONES:
+        raise _refusal(path, "backbone", backbone, f"is not a CLIP ViT image tower, the only kind this project "
+                                                   f"builds ({list(CLIP_BACKBONES)})")
+    if backbone is not None and CLIP_BACKBONES[backbone] != tower:
+        raise _refusal(path, "backbone", backbone, f"disagrees with the file's tensors, which are {described}: "
+                                                   f"the file contradicts itself; {AUTHORS_FIX}")
+    for field in INPUT_SIZE_FIELDS:
+        value = _field(config, field)
+        if value is not None and any(v != tower[3] for v in (value if isinstance(value, list) else [value])):
+            raise _refusal(path, field, value, f"is not the input size of the file's tower ({described}: its "
+                                               f"position embedding holds a {tower[3] // tower[2]}-patch square grid)")
+    for field, (allowed, why) in FORWARD_FIELDS.items():
+        value = _field(config, field)
+        if value not in allowed:
+            raise _refusal(path, field, value, why)
+    return AUTHORS_HEADS[head]
+
+
+def _authors_tensors(ckpt: Any, path: str | os.PathLike, fix: str) -> dict:
+    """Their Lightning state_dict -> OpenAI-named visual tensors + `head.*`. Every tensor of the tower and
+    head is accounted for: one this project does not run (an adapter, another head) is refused."""
+    sd = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
+    if not isinstance(sd, dict) or "model.linear.weight" not in sd or f"{AUTHORS_PREFIX}vision_model" not in \
+            {k[:len(AUTHORS_PREFIX) + 12] for k in sd}:
+        found = f"its state_dict holds {_describe(sd)}" if isinstance(sd, dict) else f"it holds {_describe(ckpt)}"
+        raise ValueError(f"{path} is {NEITHER}: expected keys '{AUTHORS_PREFIX}vision_model.*' and "
+                         f"'model.linear.weight', but {found}; {fix}")
+    unknown = [k for k in sd if k.startswith(AUTHORS_PREFIX) and not AUTHORS_KEY.fullmatch(k[len(AUTHORS_PREFIX):])
+               or k.startswith("model.") and k not in ("model.linear.weight", "model.linear.bias")]
+    if unknown:
+        raise ValueError(f"{path} holds tensors this project does not run, such as {unknown[0]} (an adapter or "
+                         f"another head): only LN-tuned CLIP towers with a linear head load here")
+    hf = {k[len(AUTHORS_PREFIX):].replace(".ln_tuning_layers.default.", "."): v for k, v in sd.items()
+          if k.startswith(AUTHORS_PREFIX) and ".base_layer." not in k}  # the tuned LayerNorm copies are the ones that run
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False, pickle_module=_RestrictedPickleModule)
-    except RefusedPickle as e:
-        raise ValueError(f"{path}: {e}") from None
-    except Exception as e:  # torch.load's many ways of saying "not a checkpoint"
-        raise ValueError(f"{path} is neither a checkpoint of this project nor the authors' model.ckpt "
-                         f"({type(e).__name__}: {e})") from None
-    prefix = "feature_extractor.base_model.model."
-    sd = ckpt.get("state_dict", {}) if isinstance(ckpt, dict) else {}
-    hf = {}
-    for key, value in sd.items():
-        if not key.startswith(prefix) or ".base_layer." in key:
-            continue  # the frozen LayerNorm originals: the tuned copies are the ones that run
-        hf[key[len(prefix):].replace(".ln_tuning_layers.default.", ".")] = value
-    if "model.linear.weight" not in sd or not hf:
-        raise ValueError(f"{path} is neither a checkpoint of this project nor the authors' model.ckpt: "
-                         f"expected keys '{prefix}vision_model.*' and 'model.linear.weight'")
-    out = convert_hf_vision_state_dict(hf)
-    out["head.weight"], out["head.bias"] = sd["model.linear.weight"], sd["model.linear.bias"]
+        out = convert_hf_vision_state_dict(hf)
+        out["head.weight"], out["head.bias"] = sd["model.linear.weight"], sd["model.linear.bias"]
+    except KeyError as e:
+        raise ValueError(f"{path} is an incomplete authors' checkpoint: it lacks the tensor {e}; {fix}") from None
+    if tuple(out["head.weight"].shape) != (2, out["visual.conv1.weight"].shape[0]):
+        raise ValueError(f"{path}: model.linear.weight is {list(out['head.weight'].shape)}, not this detector's "
+                         f"[2, {out['visual.conv1.weight'].shape[0]}] head (real, fake); {fix}")
     return out
+
+
+def read_authors_checkpoint(path: str | os.PathLike, fix: str = AUTHORS_FIX) -> dict:
+    """The authors' Lightning model.ckpt -> {"state_dict": OpenAI-named visual tensors + `head.*`,
+    "normalize": whether their head L2-normalises}, read for what its tensors and hyper_parameters say
+    without their code and without running anything pickled in it (see RestrictedUnpickler)."""
+    if check_torch_file(path, NEITHER, fix) == "torchscript":
+        raise ValueError(f"{path} is {NEITHER}: a TorchScript archive (their model.torchscript, or OpenAI's CLIP "
+                         f"weights?); {fix}")
+    ckpt = torch_load(path, NEITHER, fix, weights_only=False, pickle_module=_RestrictedPickleModule)
+    sd = _authors_tensors(ckpt, path, fix)
+    config = _plain(ckpt.get("hyper_parameters") or {})
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: hyper_parameters holds {_describe(config)}, not the authors' config; {fix}")
+    return {"state_dict": sd, "normalize": _authors_normalize(config, _vision_sizes(sd), path)}
+
+
+def _read_if_ours(path: str | os.PathLike) -> dict | None:
+    """The file as this project's checkpoint format, or None when it is something else (the authors'
+    pickled config objects, damaged bytes, ...). mmap: the authors' 1.2 GB is not read to find out."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception:
+        return None
+    return ckpt if isinstance(ckpt, dict) and ckpt.get("format") == FORMAT else None
 
 
 def load_detector(source: str | os.PathLike, clip: str | None = None, device: str | torch.device = "cpu",
                   download_root: str | os.PathLike | None = None) -> DeepfakeDetector:
     """Every kind of detector, in eval mode: this project's checkpoint (trained on `clip`, by default
     the CLIP its config names), the authors' model.ckpt by path, or "authors" (downloaded)."""
+    fix = DETECTOR_FIX
     if str(source) == "authors":
         source = download(AUTHORS_URL, download_root)
-    try:
-        ckpt = load_checkpoint(source)
-    except OSError:
-        raise
-    except Exception:  # not this project's format: the authors' file, or no checkpoint at all
-        sd = read_authors_checkpoint(source)  # raises a clear error when it is not that either
-        head = {k[len("head."):]: sd.pop(k) for k in ("head.weight", "head.bias")}
-        detector = DeepfakeDetector(build_visual(sd), normalize=True)
-        detector.head.load_state_dict({k: v.float() for k, v in head.items()})
+        fix = f"delete {source} and load 'authors' again to download it afresh"
+    if check_torch_file(source, NEITHER, fix) == "torchscript":
+        raise ValueError(f"{source} is {NEITHER}: a TorchScript archive (the authors' model.torchscript, or "
+                         f"OpenAI's CLIP weights?); {fix}")
+    ckpt = _read_if_ours(source)
+    if ckpt is None:
+        authors = read_authors_checkpoint(source, fix)  # a clear error when it is not that either
+        sd = dict(authors["state_dict"])
+        head = {k[len("head."):]: sd.pop(k).float() for k in ("head.weight", "head.bias")}
+        detector = DeepfakeDetector(build_visual(sd), normalize=authors["normalize"])
+        detector.head.load_state_dict(head)
         return detector.to(device).eval()
+    ckpt = _checked_checkpoint(ckpt, source)
     clip = clip or ckpt["config"]["clip"]
     detector = build_detector(clip, ckpt["config"].get("normalize", True), download_root=download_root)
     apply_checkpoint(detector, ckpt, clip)
