@@ -17,16 +17,22 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import errno
 import functools
+import hashlib
 import importlib.util
+import itertools
 import json
 import multiprocessing as mp
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from collections import Counter
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +41,11 @@ import cv2
 import dlib
 import numpy as np
 from tqdm import tqdm
+
+try:
+    import fcntl  # file locks for shards ending at once (not on Windows)
+except ImportError:
+    fcntl = None
 
 from layouts import (DATASETS, FAILURE_FIELDS, IMAGE_EXTS, WHERE_TO_GET, LayoutError, Video,
                      atomic_write, csv_text, default_roots, find_dataset,
@@ -82,22 +93,23 @@ def default_landmarks_path() -> Path | None:
 
 @functools.lru_cache(maxsize=4)
 def load_face_models(landmarks: str | None = None) -> FaceModels:
-    """dlib HOG face detector + shape predictor (68-point default, or the 81-point file)."""
+    """dlib HOG face detector + shape predictor (68-point default, or the 81-point file).
+    FileNotFoundError when the landmark file is missing, ValueError when it is not one."""
     path = Path(landmarks) if landmarks else default_landmarks_path()
     if path is None or not path.is_file():
-        raise SystemExit(
-            f"error: landmark model not found (expected {landmarks or LANDMARKS_REL}); "
+        raise FileNotFoundError(
+            f"landmark model not found (expected {landmarks or LANDMARKS_REL}); "
             "install it with `pip install face-recognition-models` or pass --landmarks PATH "
             "(68- or 81-point dlib shape predictor .dat)")
     try:
         predictor = dlib.shape_predictor(str(path))
     except RuntimeError as e:
-        raise SystemExit(f"error: cannot load landmark model {path} (expected a dlib shape "
-                         f"predictor .dat, 68 or 81 points): {e}")
+        raise ValueError(f"cannot load landmark model {path} (expected a dlib shape "
+                         f"predictor .dat, 68 or 81 points): {e}") from None
     # the number of points is only visible on a prediction
     parts = predictor(np.zeros((8, 8, 3), np.uint8), dlib.rectangle(0, 0, 7, 7)).num_parts
     if parts < 68:
-        raise SystemExit(f"error: {path} predicts {parts} landmarks, expected a 68- or "
+        raise ValueError(f"{path} predicts {parts} landmarks, expected a 68- or "
                          "81-point dlib shape predictor")
     return FaceModels(dlib.get_frontal_face_detector(), predictor, str(path))
 
@@ -487,6 +499,7 @@ def tmp_dir(out_dir: Path) -> Path:
 
 
 def is_finished(out_dir: Path) -> bool:
+    """meta.json, written last, marks a finished video folder."""
     return (out_dir / "meta.json").is_file()
 
 
@@ -508,23 +521,62 @@ def _masks_at(path: Path, indices: list[int], shape: tuple[int, int]) -> dict[in
             cv2.resize(m, shape[::-1], interpolation=cv2.INTER_NEAREST) for i, m in masks.items()}
 
 
+def _save(path: Path, data: bytes) -> None:
+    """Write a file in Python (not cv2.imwrite, which reports a full disk only by returning
+    False): a failure is an OSError that names the file."""
+    try:
+        path.write_bytes(data)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(path)) from None
+
+
 def _write_video(out_dir: Path, crops: list[FaceCrop], meta: dict) -> None:
-    """Crops + meta.json into a temporary folder, renamed to `out_dir` only when complete."""
+    """Crops, then meta.json (the mark of a finished video) into a temporary folder, renamed to
+    `out_dir` only when complete. A failed write (full disk) or an interruption removes the
+    temporary folder: nothing is left that a rerun would take as finished."""
     tmp = tmp_dir(out_dir)
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for c in crops:
-        path = tmp / f"{c.frame}.png"
-        if not cv2.imwrite(str(path), cv2.cvtColor(c.image, cv2.COLOR_RGB2BGR)):
-            raise OSError(f"cannot write {path}")  # cv2 reports failure only by its result
-    (tmp / "meta.json").write_text(json.dumps(meta))
-    if out_dir.exists():  # a folder without meta.json: not finished, replace it
-        shutil.rmtree(out_dir)
-    os.rename(tmp, out_dir)
+    try:
+        tmp.mkdir(parents=True)
+        for c in crops:
+            ok, png = cv2.imencode(".png", cv2.cvtColor(c.image, cv2.COLOR_RGB2BGR))
+            if not ok:
+                raise ValueError(f"cannot encode the crop of frame {c.frame} as PNG")
+            _save(tmp / f"{c.frame}.png", png.tobytes())
+        _save(tmp / "meta.json", json.dumps(meta).encode())
+        if out_dir.exists():  # a folder without meta.json: not finished, replace it
+            shutil.rmtree(out_dir)
+        os.rename(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _meta(job: Job, models: FaceModels, indices: list[int], people: list[list[FaceCrop]],
+          chosen: int, masks: dict | None) -> dict:
+    """meta.json of a video: where it comes from, the kept person's frames and geometry."""
+    v, crops = job.video, people[chosen]
+    return {
+        "dataset": job.dataset, "split": v.split, "source": v.source, "video_id": v.video_id,
+        "label": v.label, "file": rel_path(v.file, job.root),
+        "frames": [c.frame for c in crops],
+        "boxes": [[round(x, 2) for x in c.box] for c in crops],
+        "keypoints": [np.round(c.keypoints, 2).tolist() for c in crops],
+        "scores": [round(c.score, 4) for c in crops],
+        "matrices": [np.round(c.matrix, 6).tolist() for c in crops],
+        "n_frames": len(crops), "n_sampled": len(indices),
+        "n_no_face": len(indices) - len(crops), "sampled_frames": indices,
+        "n_people": len(people), "person": chosen,
+        "mask_used": bool(masks) and mask_overlap(crops, masks) > 0,  # the mask chose
+        "size": job.size, "scale": job.scale, "reference": job.reference,
+        "landmarks": Path(models.landmarks).name,
+    }
 
 
 def process_video(job: Job, models: FaceModels) -> Result:
-    """Decode, find and track faces, keep one person, write crops + meta.json atomically."""
+    """Decode, find and track faces, keep one person, write crops + meta.json atomically.
+    A video that cannot be used is a failed Result; an OSError while writing (full disk) is
+    raised, to stop the run rather than mark every later video as failed."""
     v = job.video
     try:
         indices, frames = read_frames(v.file, job.n_frames)
@@ -540,66 +592,142 @@ def process_video(job: Job, models: FaceModels) -> Result:
     if v.mask is not None and len(people) > 1:
         masks = _masks_at(v.mask, indices, frames[0].shape[:2])
     chosen = select_person(people, masks)
-    crops = people[chosen]
-    meta = {
-        "dataset": job.dataset, "split": v.split, "source": v.source, "video_id": v.video_id,
-        "label": v.label, "file": rel_path(v.file, job.root),
-        "frames": [c.frame for c in crops],
-        "boxes": [[round(x, 2) for x in c.box] for c in crops],
-        "keypoints": [np.round(c.keypoints, 2).tolist() for c in crops],
-        "scores": [round(c.score, 4) for c in crops],
-        "matrices": [np.round(c.matrix, 6).tolist() for c in crops],
-        "n_frames": len(crops), "n_sampled": len(indices),
-        "n_no_face": len(indices) - len(crops), "sampled_frames": indices,
-        "n_people": len(people), "person": chosen,
-        "mask_used": bool(masks) and mask_overlap(crops, masks) > 0,  # the mask chose
-        "size": job.size, "scale": job.scale, "reference": job.reference,
-        "landmarks": Path(models.landmarks).name,
-    }
-    _write_video(job.out_dir, crops, meta)
+    _write_video(job.out_dir, people[chosen], _meta(job, models, indices, people, chosen, masks))
     return Result(job, "done", "", len(indices))
 
 
+# ----------------------------------------------------------------------------- workers
+
 _MODELS: FaceModels | None = None  # per worker process
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
-def _init_worker(landmarks: str | None, single_thread: bool = True) -> None:
+def _exit_with_parent(parent: int) -> None:
+    """End this worker when the main process is gone (SIGKILL, the out-of-memory killer, a
+    closed SSH session) instead of processing on as an orphan: on Linux the kernel kills it
+    (PR_SET_PDEATHSIG); everywhere, a daemon thread also looks for its parent every second
+    (it also catches a parent that died before the prctl call)."""
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL))
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
+def _init_worker(landmarks: str | None, parent: int | None = None) -> None:
+    """Face models for this process. A pool worker (`parent` = the main process id) also gets
+    one OpenCV thread (one process per core already), ends with its parent, and ignores
+    SIGTERM: the main process decides (it lets the worker finish its video, then stops it)."""
     global _MODELS
-    if single_thread:
-        cv2.setNumThreads(1)  # one process per core already
+    if parent is not None:
+        cv2.setNumThreads(1)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _exit_with_parent(parent)
     _MODELS = load_face_models(landmarks)
 
 
 def _run_job(job: Job) -> Result:
     try:
         return process_video(job, _MODELS)
+    except OSError:
+        raise  # writing failed (full disk): stop, the video itself is fine
     except Exception as e:
         return Result(job, "failed", f"error: {type(e).__name__}: {e}")
-
-
-# ----------------------------------------------------------------------------- bookkeeping
 
 
 @contextlib.contextmanager
 def _results(jobs: list[Job], workers: int, landmarks: str | None):
     """Each job's Result as it finishes, in this process (workers=1) or in a process pool."""
     if workers == 1:
-        _init_worker(landmarks, single_thread=False)
+        _init_worker(landmarks)
         yield map(_run_job, jobs)
         return
     # an executor (not multiprocessing.Pool) so that a worker killed by the system (out of
     # memory) stops the run with BrokenProcessPool instead of hanging it; spawn, because a
     # fork after threads were started (tqdm, cv2) can deadlock
     pool = ProcessPoolExecutor(workers, mp.get_context("spawn"), initializer=_init_worker,
-                               initargs=(landmarks,))
+                               initargs=(landmarks, os.getpid()))
     try:
-        yield (f.result() for f in as_completed([pool.submit(_run_job, j) for j in jobs]))
-    except BaseException:  # Ctrl-C or a dead worker: drop the queued videos, stop now
+        yield _in_flight(pool, jobs, workers)
+    except BaseException:  # Ctrl-C, SIGTERM, a full disk or a dead worker
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     finally:
-        pool.shutdown()
+        pool.shutdown()  # the workers finish the videos in flight
 
+
+def _in_flight(pool: ProcessPoolExecutor, jobs: list[Job], n: int):
+    """Results as they finish, with only `n` jobs (one per worker) submitted at a time: the
+    pool runs whatever reached its queue, so an interruption then waits for one video per
+    worker, not for every queued one."""
+    todo = iter(jobs)
+    pending = {pool.submit(_run_job, j) for j in itertools.islice(todo, n)}
+    while pending:
+        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+        pending |= {pool.submit(_run_job, j) for j in itertools.islice(todo, len(finished))}
+        for f in finished:
+            yield f.result()
+
+
+# ----------------------------------------------------------------------------- shards
+
+@dataclass(frozen=True)
+class Shard:
+    """Part k (0..n-1) of n of a dataset's videos. A video's part depends only on its (split,
+    source, video id), through a hash that is the same on every machine and Python (not
+    hash()), so n jobs anywhere cover each video once and a rerun gets the same videos."""
+    k: int = 0
+    n: int = 1
+
+    def __post_init__(self):
+        if not (self.n >= 1 and 0 <= self.k < self.n):
+            raise ValueError(f"shard {self.k}/{self.n}: expected K/N with N >= 1 and K = 0..N-1")
+
+    def __str__(self) -> str:
+        return f"{self.k}/{self.n}"
+
+    def owns(self, key: tuple[str, str, str]) -> bool:
+        """Whether the video (split, source, video_id) is in this part."""
+        digest = hashlib.sha1("/".join(key).encode()).digest()
+        return self.n == 1 or int.from_bytes(digest[:8], "big") % self.n == self.k
+
+    @property
+    def failures_name(self) -> str:
+        """The file this part writes its failed videos to (merged into failures.csv)."""
+        return "failures.csv" if self.n == 1 else f"failures.shard-{self.k}-of-{self.n}.csv"
+
+
+SLURM_ARRAY = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_MAX",
+               "SLURM_ARRAY_TASK_STEP", "SLURM_ARRAY_TASK_COUNT")
+
+
+def shard_from_env(env=os.environ) -> tuple[Shard, str] | None:
+    """The shard of a SLURM array task, or None outside one: k = (task id - min) / step
+    (ids may start anywhere, e.g. --array=1-16, or step, --array=0-30:2) of the array's task
+    count. ValueError for ids that are not min, min+step, ... (an --array list like 1,4,9)."""
+    if "SLURM_ARRAY_TASK_ID" not in env:
+        return None
+    said = " ".join(f"{name}={env[name]}" for name in SLURM_ARRAY if name in env)
+    fix = "; pass --shard K/N (K = 0..N-1) to each task instead"
+    try:
+        task, low = int(env["SLURM_ARRAY_TASK_ID"]), int(env.get("SLURM_ARRAY_TASK_MIN", 0))
+        step = int(env.get("SLURM_ARRAY_TASK_STEP") or 1)
+        count = int(env["SLURM_ARRAY_TASK_COUNT"]) if "SLURM_ARRAY_TASK_COUNT" in env \
+            else (int(env["SLURM_ARRAY_TASK_MAX"]) - low) // step + 1
+        k, rest = divmod(task - low, step)
+        if rest:
+            raise ValueError("task id not min + a multiple of the step")
+        return Shard(k, count), said
+    except (KeyError, ValueError, ZeroDivisionError) as e:
+        raise ValueError(f"SLURM array variables {said}: no shard of the dataset ({e}){fix}") \
+            from None
+
+
+# ----------------------------------------------------------------------------- bookkeeping
 
 def _select(videos: list[Video], split: str | None, limit: int | None,
             where: str) -> list[Video]:
@@ -621,10 +749,67 @@ def _select(videos: list[Video], split: str | None, limit: int | None,
     return videos
 
 
+def _failure_files(ds_dir: Path) -> list[Path]:
+    """failures.csv and the shards' failures.shard-K-of-N.csv, oldest first."""
+    def mtime(p: Path) -> int:
+        with contextlib.suppress(OSError):
+            return p.stat().st_mtime_ns
+        return -1
+    files = [ds_dir / "failures.csv", *ds_dir.glob("failures.shard-*-of-*.csv")]
+    return sorted((p for p in files if p.is_file()), key=mtime)
+
+
+def _known_failures(files: list[Path]) -> dict[tuple[str, str, str], dict]:
+    """Every failed video of these files; where one is in several, the newest file's row."""
+    failures: dict[tuple[str, str, str], dict] = {}
+    for path in files:
+        with contextlib.suppress(FileNotFoundError):  # a shard file merged away meanwhile
+            failures.update(read_failures(path))
+    return failures
+
+
+def _failures_text(failures: dict) -> str:
+    return csv_text(FAILURE_FIELDS, [failures[k] for k in sorted(failures)])
+
+
+@contextlib.contextmanager
+def _dataset_lock(ds_dir: Path):
+    """Shards that end at once take turns writing index.csv and failures.csv, so the last one
+    writes them whole. Best effort: without file locks (Windows, Lustre without -o flock) the
+    files are still written whole, and a run without --shard after the array rewrites them."""
+    with open(ds_dir / ".lock", "a") as fh:
+        if fcntl is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fh, fcntl.LOCK_EX)
+        yield  # the lock ends with the file
+
+
+def _write_summary(ds_dir: Path, splits: list[str], name: str, merge_shards: bool) -> None:
+    """failures.csv from every failure file (the shards' too) less the videos finished since,
+    and each split's index.csv from the finished folders on disk. Every shard does this when
+    it ends, so the last one writes both for the whole dataset; a run without --shard
+    (merge_shards) also folds the shards' files into failures.csv and removes them."""
+    with _dataset_lock(ds_dir):
+        files = _failure_files(ds_dir)
+        failures = {k: r for k, r in _known_failures(files).items()
+                    if not is_finished(ds_dir.joinpath(*k))}
+        fail_path = ds_dir / "failures.csv"
+        if failures or fail_path.exists():
+            atomic_write(fail_path, _failures_text(failures))
+        if merge_shards:
+            for path in files:
+                if path != fail_path:
+                    path.unlink(missing_ok=True)
+        for s in splits:
+            if (ds_dir / s).is_dir():
+                n = write_index(ds_dir / s)
+                print(f"{name}/{s}: {n} videos in {ds_dir / s / 'index.csv'}")
+
+
 def _process(jobs: list[Job], workers: int, landmarks: str | None, desc: str, root: Path,
              failures: dict, fail_path: Path) -> tuple[int, int]:
     """Run the jobs under a progress bar (videos, frames/s); a failure is written to
-    failures.csv at once, so that a killed run keeps it. Returns (done, failed)."""
+    `fail_path` at once, so that a killed run keeps it. Returns (done, failed)."""
     done = failed = frames = 0
     t0 = time.time()
     with _results(jobs, workers, landmarks) as results, \
@@ -640,7 +825,7 @@ def _process(jobs: list[Job], workers: int, landmarks: str | None, desc: str, ro
                 failed += 1
                 failures[key] = {"split": v.split, "source": v.source, "video_id": v.video_id,
                                  "file": rel_path(v.file, root), "reason": r.reason}
-                atomic_write(fail_path, csv_text(FAILURE_FIELDS, list(failures.values())))
+                atomic_write(fail_path, _failures_text(failures))
                 tqdm.write(f"failed: {v.file}: {r.reason}")
             bar.update(1)
             bar.set_postfix(frames_s=f"{frames / max(time.time() - t0, 1e-9):.1f}",
@@ -648,23 +833,9 @@ def _process(jobs: list[Job], workers: int, landmarks: str | None, desc: str, ro
     return done, failed
 
 
-def run_dataset(dataset: str, root, out="data", split: str | None = None,
-                n_frames: int = 32, size: int = 256, scale: float = 1.3,
-                workers: int | None = None, landmarks: str | None = None,
-                compression: str = "c23", splits_dir: str | None = None,
-                detect_side: int = 640, reference: bool = False,
-                retry_failed: bool = False, limit: int | None = None) -> dict[str, int]:
-    """Process one dataset; returns counts {"done", "skipped", "failed", "total"}.
-    `limit`: at most that many videos per split and source (a quick subset for smoke runs)."""
-    root = Path(root)
-    videos = _select(list_videos(dataset, root, compression, splits_dir), split, limit,
-                     f"{dataset} at {root}")
-    name = output_name(dataset, compression)
-    ds_dir = Path(out) / name
-    ds_dir.mkdir(parents=True, exist_ok=True)
-    fail_path = ds_dir / "failures.csv"
-    failures = read_failures(fail_path)
-
+def _plan(videos: list[Video], make_job, ds_dir: Path, failures: dict,
+          retry_failed: bool) -> tuple[list[Job], int, int]:
+    """(jobs, videos finished before, videos that failed before and are not retried)."""
     jobs, skipped, skipped_failed = [], 0, 0
     for v in videos:
         out_dir = ds_dir / v.split / v.source / v.video_id
@@ -673,19 +844,44 @@ def run_dataset(dataset: str, root, out="data", split: str | None = None,
         elif (v.split, v.source, v.video_id) in failures and not retry_failed:
             skipped_failed += 1
         else:
-            jobs.append(Job(v, out_dir, root, name, n_frames, size, scale, detect_side,
-                            reference))
-    print(f"{name}: {len(videos)} videos in {root}, {skipped} already done, "
+            jobs.append(make_job(v, out_dir))
+    return jobs, skipped, skipped_failed
+
+
+def run_dataset(dataset: str, root, out="data", split: str | None = None,
+                n_frames: int = 32, size: int = 256, scale: float = 1.3,
+                workers: int | None = None, landmarks: str | None = None,
+                compression: str = "c23", splits_dir: str | None = None,
+                detect_side: int = 640, reference: bool = False,
+                retry_failed: bool = False, limit: int | None = None,
+                shard: Shard = Shard()) -> dict[str, int]:
+    """Process one dataset, or only its part `shard` (see Shard; failures then go to the
+    shard's own file); returns counts {"done", "skipped", "failed", "total"} of the videos
+    processed here. Ends with index.csv and failures.csv for the whole dataset (_write_summary).
+    `limit`: at most that many videos per split and source (a quick subset for smoke runs)."""
+    root = Path(root)
+    listed = _select(list_videos(dataset, root, compression, splits_dir), split, limit,
+                     f"{dataset} at {root}")
+    videos = [v for v in listed if shard.owns((v.split, v.source, v.video_id))]
+    name = output_name(dataset, compression)
+    ds_dir = Path(out) / name
+    ds_dir.mkdir(parents=True, exist_ok=True)
+    failures = {k: r for k, r in _known_failures(_failure_files(ds_dir)).items()
+                if shard.owns(k)}
+    make_job = lambda v, out_dir: Job(v, out_dir, root, name, n_frames, size,  # noqa: E731
+                                      scale, detect_side, reference)
+    jobs, skipped, skipped_failed = _plan(videos, make_job, ds_dir, failures, retry_failed)
+    part = f" (shard {shard}: {len(videos)} of {len(listed)})" if shard.n > 1 else ""
+    print(f"{name}: {len(videos)} videos in {root}{part}, {skipped} already done, "
           f"{skipped_failed} failed before (--retry-failed to redo), {len(jobs)} to process")
 
     workers = max(1, min(workers or _cpu_count(), len(jobs) or 1))
-    done, failed = _process(jobs, workers, landmarks, name, root, failures, fail_path)
-    if failures or fail_path.exists():  # retried videos that now succeeded leave the file
-        atomic_write(fail_path, csv_text(FAILURE_FIELDS, list(failures.values())))
-    for s in sorted({v.split for v in videos}):
-        if (ds_dir / s).is_dir():
-            n = write_index(ds_dir / s)
-            print(f"{name}/{s}: {n} videos in {ds_dir / s / 'index.csv'}")
+    own = ds_dir / shard.failures_name
+    done, failed = _process(jobs, workers, landmarks, name, root, failures, own)
+    if shard.n > 1 and (failures or own.exists()):  # retried videos that succeeded leave it
+        atomic_write(own, _failures_text(failures))
+    _write_summary(ds_dir, sorted({v.split for v in listed}), name, merge_shards=shard.n == 1)
+    fail_path = ds_dir / "failures.csv"
     print(f"{name}: done {done}, skipped {skipped + skipped_failed} "
           f"({skipped_failed} failed before), failed {failed}"
           + (f" -> {fail_path}" if failed or skipped_failed else ""))
@@ -710,6 +906,18 @@ def _positive(cast):
             raise argparse.ArgumentTypeError(f"expected a number > 0, got {text}")
         return value
     return parse
+
+
+def _shard_arg(text: str) -> Shard:
+    """argparse type for --shard K/N."""
+    k, sep, n = text.partition("/")
+    try:
+        if sep:
+            return Shard(int(k), int(n))
+    except ValueError:
+        pass
+    raise argparse.ArgumentTypeError(f"expected K/N with N >= 1 and K = 0..N-1 (the parts of "
+                                     f"--shard 0/4 ... 3/4 cover a dataset once), got {text}")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -741,10 +949,18 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--limit", type=_positive(int), default=None,
                    help="at most N videos per split and source (a quick subset, e.g. for a "
                         "smoke run)")
+    p.add_argument("--shard", type=_shard_arg, metavar="K/N",
+                   help="only part K (0..N-1) of N of the videos, so that N jobs (on any "
+                        "machines, same --out) cover the dataset once; omitted: from "
+                        "SLURM_ARRAY_TASK_ID/_MIN/_COUNT in a SLURM array job, else all "
+                        "(= 0/1)")
     p.add_argument("--datasets-dir", default="datasets",
                    help="where to look for datasets when --dataset or --root is omitted "
                         "(datasets)")
-    return p.parse_args(argv)
+    a = p.parse_args(argv)
+    if a.root and not a.dataset:
+        p.error("--root needs --dataset (which dataset is at that root?)")
+    return a
 
 
 def _report(found: dict[str, tuple[Path | None, str]], base: str) -> None:
@@ -758,29 +974,41 @@ def _report(found: dict[str, tuple[Path | None, str]], base: str) -> None:
                   + (f"\n        not usable: {why}" if why else ""))
 
 
+def _shard(a: argparse.Namespace) -> Shard:
+    """--shard, else the SLURM array task's part (said, since it was not asked for)."""
+    if a.shard is not None:
+        return a.shard
+    found = shard_from_env(os.environ)
+    if found is None:
+        return Shard()
+    shard, said = found
+    print(f"shard {shard} (from {said}; --shard 0/1 processes every video)")
+    return shard
+
+
+def _find_root(a: argparse.Namespace) -> Path:
+    root, why = find_dataset(a.dataset, a.datasets_dir, a.compression, a.splits)
+    if root is None:
+        tried = ", ".join(str(r) for r in default_roots(a.dataset, a.datasets_dir))
+        raise LayoutError(f"{a.dataset} not found (looked in {tried}"
+                          + (f"; {why}" if why else "") + "); pass --root PATH. "
+                          f"Get it: {WHERE_TO_GET[a.dataset]}")
+    return root
+
+
 def _run(a: argparse.Namespace) -> None:
     opts = dict(out=a.out, split=a.split, n_frames=a.frames, size=a.size, scale=a.scale,
                 workers=a.workers, landmarks=a.landmarks, compression=a.compression,
                 splits_dir=a.splits, detect_side=a.detect_side, reference=a.reference,
-                retry_failed=a.retry_failed, limit=a.limit)
+                retry_failed=a.retry_failed, limit=a.limit, shard=_shard(a))
     if a.dataset:
-        root = a.root
-        if root is None:
-            root, why = find_dataset(a.dataset, a.datasets_dir, a.compression, a.splits)
-            if root is None:
-                tried = ", ".join(str(r) for r in default_roots(a.dataset, a.datasets_dir))
-                raise SystemExit(f"error: {a.dataset} not found (looked in {tried}"
-                                 + (f"; {why}" if why else "") + "); pass --root PATH. "
-                                 f"Get it: {WHERE_TO_GET[a.dataset]}")
-        run_dataset(a.dataset, root, **opts)
+        run_dataset(a.dataset, a.root or _find_root(a), **opts)
         return
-    if a.root:
-        raise SystemExit("error: --root needs --dataset (which dataset is at that root?)")
     found = find_datasets(a.datasets_dir, a.compression, a.splits)
     _report(found, a.datasets_dir)
     if not any(root for root, _ in found.values()):
-        raise SystemExit(f"error: no dataset found under {a.datasets_dir}/; put them in "
-                         "the folders above or pass --dataset NAME --root PATH")
+        raise LayoutError(f"no dataset found under {a.datasets_dir}/; put them in the "
+                          "folders above or pass --dataset NAME --root PATH")
     for name, (root, _) in found.items():
         if root is not None:
             try:
@@ -789,21 +1017,42 @@ def _run(a: argparse.Namespace) -> None:
                 print(f"skipped {name}: {e}")
 
 
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c():
+    """SIGTERM (kill, a scheduler's time limit, scancel) stops the run as Ctrl-C does."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    try:
+        previous = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # main() called outside the main thread: SIGTERM stays as it is
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv=None) -> int:
+    """The command line; every error ends here as one line and a non-zero exit status."""
     a = parse_args(argv)
-    load_face_models(a.landmarks)  # fail early on a missing landmark file
     again = "finished videos are kept; run the same command again to continue"
     try:
-        _run(a)
-    except LayoutError as e:
-        raise SystemExit(f"error: {e}")
-    except KeyboardInterrupt:
-        raise SystemExit(f"interrupted: {again}")
+        with _sigterm_as_ctrl_c():
+            load_face_models(a.landmarks)  # fail early on a missing landmark file
+            _run(a)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the video folders in flight never appear
+        raise SystemExit(f"interrupted: {again}") from None
     except BrokenProcessPool as e:
         raise SystemExit(f"error: a worker process died ({e}); {again} "
-                         "(with fewer --workers if memory ran out)")
-    except OSError as e:  # unwritable --out, full disk, unreadable dataset folder
-        raise SystemExit(f"error: {e}")
+                         "(with fewer --workers if memory ran out)") from None
+    except OSError as e:  # full disk, unwritable --out, unreadable dataset, no landmark model
+        if e.errno == errno.ENOSPC:
+            raise SystemExit(f"error: no space left on device (writing {e.filename}); free "
+                             f"some space: {again}") from None
+        raise SystemExit(f"error: {e}") from None
+    except ValueError as e:  # LayoutError (dataset, listing file), landmark model, SLURM array
+        raise SystemExit(f"error: {e}") from None
     return 0
 
 
