@@ -1,0 +1,101 @@
+"""Tests for preprocess.py's face search: tracked faces are searched near their last box, so the
+full-frame upsample-1 scan (the reference's whole cost) runs only on the first frame, and the
+crops stay the reference's."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+import _video_utils as U
+import preprocess as P
+
+
+class CountingDetector:
+    """Delegates to dlib's detector (whose attributes cannot be patched) and logs each call as
+    (image, upsample)."""
+
+    def __init__(self, detector):
+        self.detector = detector
+        self.calls: list[tuple[np.ndarray, int]] = []
+
+    def run(self, image, upsample=0, threshold=0.0):
+        self.calls.append((image, upsample))
+        return self.detector.run(image, upsample, threshold)
+
+    def __call__(self, image, upsample=0):
+        self.calls.append((image, upsample))
+        return self.detector(image, upsample)
+
+
+def tracks_counting(frames: list[np.ndarray], models: P.FaceModels,
+                    detect_side: int = 640) -> tuple[list[list[P.FaceCrop]], list[int]]:
+    """face_tracks with a counting detector: the people found, and for each frame how many
+    upsample-1 searches (the ladder's expensive levels) its detection ran. Each frame's search
+    starts with the downscaled copy at upsample 0, which splits the log into frames; the
+    re-detections inside the 256x256 crops come after all frames and are left out."""
+    counting = CountingDetector(models.detector)
+    people = P.face_tracks(frames, list(range(len(frames))),
+                           dataclasses.replace(models, detector=counting), detect_side=detect_side)
+    h, w = frames[0].shape[:2]
+    f = min(1.0, detect_side / max(h, w))
+    first = (round(h * f), round(w * f)) if f < 1.0 else (h, w)
+    counts: list[int] = []
+    for image, upsample in counting.calls:
+        if image.shape[:2] == (256, 256):
+            continue
+        if upsample == 0 and image.shape[:2] == first:
+            counts.append(0)
+        elif upsample == 1:
+            counts[-1] += 1
+    assert len(counts) == len(frames)
+    return people, counts
+
+
+def crop_keypoints(crop: np.ndarray, models: P.FaceModels) -> np.ndarray:
+    """The five keypoints found again inside a crop (largest face, upsample 1)."""
+    rects = models.detector(crop, 1)
+    assert len(rects), "no face found again in the crop"
+    rect = max(rects, key=lambda r: r.width() * r.height())
+    return P.landmarks5(crop, P._box(rect), models)
+
+
+def test_small_faces_tracked_match_reference(models):
+    # a ~65-75 px dlib box in 1280x720 frames (HOG's window is 80 px): the downscaled copy
+    # cannot find it, the reference finds it at upsample 1 on the full frame
+    spec = [((600, 300), 0.75, 0), ((680, 340), 0.80, 5), ((620, 280), 0.70, -4)]
+    frames = [U.place_face((1280, 720), c, s, a) for c, s, a in spec]
+    refs = [P.reference_crop(f, models) for f in frames]
+    assert all(r is not None and 60 < r.box[2] - r.box[0] < 80 for r in refs)
+    people, counts = tracks_counting(frames, models)
+    # only the first frame needs an upsample-1 search; the others find the face near its box
+    assert counts[0] >= 1 and counts[1:] == [0, 0]
+    assert len(people) == 1 and [c.frame for c in people[0]] == [0, 1, 2]
+    for crop, ref in zip(people[0], refs):
+        # landmarks run on the full frame: the keypoints are the reference's within 1 px
+        assert np.abs(crop.keypoints - ref.keypoints).max() <= 1.0
+        # ... so the crops agree: a 70 px face is magnified ~3.5x into the 256 px crop, 1 px in
+        # the frame is ~3.5 px there; keypoints found again in both crops agree within 2 px
+        dist = np.linalg.norm(crop_keypoints(crop.image, models)
+                              - crop_keypoints(ref.image, models), axis=1).mean()
+        assert dist < 2.0, f"frame {crop.frame}: {dist:.2f} px from the reference crop"
+
+
+def test_face_lost_or_entering(models):
+    """640x480: a small face (~40 px, found only at upsample 1) is tracked; when it jumps away
+    the frame gets the full search; a large face entering is found by the cheap full-frame
+    check and, as in the reference, it is the one kept for that frame."""
+    small = [((200, 150), 0.45), ((230, 160), 0.45), ((520, 380), 0.45), ((540, 370), 0.45)]
+    frames = [U.place_face((640, 480), c, s) for c, s in small]
+    frames.append(U.place_face((640, 480), (420, 200), 1.6, frame=frames[-1]))
+    refs = [P.reference_crop(f, models) for f in frames]
+    assert all(r is not None for r in refs)
+    assert all(r.box[2] - r.box[0] < 60 for r in refs[:4]) and refs[4].box[2] - refs[4].box[0] > 120
+    people, counts = tracks_counting(frames, models)
+    assert counts == [1, 0, 1, 0, 0]  # first frame, and where the face jumped 3 boxes away
+    # the person kept: the small face, then the large one (a low-score box on the suit in the
+    # first two frames is a second, shorter track)
+    assert [c.frame for c in people[0]] == [0, 1, 2, 3, 4]
+    assert people[0][4].box[2] - people[0][4].box[0] > 120
+    for crop, ref in zip(people[0], refs):
+        assert np.abs(crop.keypoints - ref.keypoints).max() <= 1.0, crop.frame
