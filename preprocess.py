@@ -10,8 +10,14 @@ Output: <out>/<dataset>/<split>/<source>/<video_id>/<frame_index>.png + meta.jso
 The crop protocol is the reference one (dlib HOG detector, 68-point landmarks, five keypoints,
 least-squares similarity transform onto the 5-point template, warpAffine to SxS, re-detection
 inside the crop). What differs is only how the face box is found: on a downscaled copy of the
-frame first (much faster than upsample 1 on the full frame), then mapped back; the landmarks
-always run on the full-resolution frame, so the crops are the reference crops.
+frame first (much faster than upsample 1 on the full frame), then mapped back. The sampled
+frames are searched in order and faces are tracked: a face found in one frame is searched in
+the next one in a region around its last box (1.5 box sizes on each side), resized so that the
+face is ~110 px, above HOG's 80 px window (small faces, ~70 px in 720p, need no full-frame
+upsample-1 scan after the first frame); the cheap downscaled search still runs first, so a large
+face entering is found, and a frame where a tracked face is not found near its box gets the full
+search. The landmarks always run on the full-resolution frame, so the crops are the reference
+crops (keypoints within 1 px).
 """
 from __future__ import annotations
 
