@@ -9,17 +9,18 @@ Reads what preprocess.py writes (layouts.py):
     ds = FrameDataset(videos, train_transform(), seed=42)     # (image [3,224,224], label, video index)
     loader = make_loader(ds, 128, make_sampler(ds, shuffle=True, seed=42))
 
-Reproducibility: the order of an epoch is a function of (seed, epoch) (DistributedSampler /
-BalancedSampler), and every sample's augmentation is drawn from its own seed (seed, epoch, index),
-so the same batch gets the same pixels whatever the number of workers, and a resumed run can skip
-the first k batches of an epoch without loading them (SkipSampler).
+Reproducibility: the order of an epoch is a function of (seed, epoch) (make_sampler), and every
+sample's augmentation is drawn from its own seed (seed, epoch, index), so the same batch gets the
+same pixels whatever the number of workers or processes (GlobalBatchSampler gives each process
+its share of the single-process batch), and a resumed run skips the first k batches of an epoch
+without loading them.
 """
 from __future__ import annotations
 
-import itertools
 import math
 import random
 import warnings
+from functools import partial
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 import torchvision.transforms.v2 as T
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
 from tqdm import tqdm
 
 import clip_vit
@@ -129,51 +130,69 @@ class FrameDataset(Dataset):
 
 class BalancedSampler(Sampler[int]):
     """Class-balanced sampling with replacement (off by default, the paper does not balance):
-    each class gets the same expected share. Same (seed, epoch) -> same draws; under DDP every rank
-    takes every world-th draw of the same sequence."""
+    len(labels) draws per epoch, each class with the same expected share. Same (seed, epoch) ->
+    same draws."""
 
-    def __init__(self, labels: torch.Tensor, num_replicas: int = 1, rank: int = 0, seed: int = 0):
+    def __init__(self, labels: torch.Tensor, seed: int = 0):
         counts = torch.bincount(labels)
         self.weights = (1.0 / counts.double().clamp_min(1))[labels]  # [len]
-        self.num_replicas, self.rank, self.seed, self.epoch = num_replicas, rank, seed, 0
-        self.num_samples = math.ceil(len(labels) / num_replicas)
+        self.seed, self.epoch = seed, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self) -> Iterator[int]:
         g = torch.Generator().manual_seed(self.seed + self.epoch)
-        draws = torch.multinomial(self.weights, self.num_samples * self.num_replicas, True, generator=g)
-        return iter(draws[self.rank::self.num_replicas].tolist())
+        return iter(torch.multinomial(self.weights, len(self.weights), True, generator=g).tolist())
 
     def __len__(self) -> int:
-        return self.num_samples
+        return len(self.weights)
 
 
-class SkipSampler(Sampler[int]):
-    """The first `skip` indices of `sampler` left out (resuming in the middle of an epoch)."""
+def make_sampler(dataset: FrameDataset, shuffle: bool = True, balanced: bool = False, seed: int = 0) -> Sampler[int]:
+    """The order of one epoch over the whole dataset, a function of (seed, epoch) via set_epoch
+    (with one process, a DistributedSampler of one replica is a seeded permutation)."""
+    if balanced:
+        return BalancedSampler(dataset.labels, seed)
+    return DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=shuffle, seed=seed)
 
-    def __init__(self, sampler: Sampler[int], skip: int = 0):
-        self.sampler, self.skip = sampler, skip
+
+def split_sizes(n: int, parts: int) -> list[int]:
+    """Sizes of n items cut into `parts` contiguous shares as evenly as possible, larger shares
+    first (np.array_split's sizes); a share is empty when n < parts."""
+    q, r = divmod(n, parts)
+    return [q + 1] * r + [q] * (parts - r)
+
+
+class GlobalBatchSampler(Sampler[list[int]]):
+    """This process's share of every global batch of an epoch.
+
+    The epoch's order (`sampler`, over the whole dataset) is cut into global batches of
+    `batch_size`, the last one partial, exactly as a single process cuts it; process `rank` of
+    `world` takes its contiguous share of each (split_sizes: the last batch may leave a process
+    fewer items, or none). So N processes see the single-process batches, whatever N. The first
+    `skip` global batches are left out (resuming in the middle of an epoch) without being loaded."""
+
+    def __init__(self, sampler: Sampler[int], batch_size: int, world: int = 1, rank: int = 0, skip: int = 0):
+        self.sampler, self.batch_size, self.world, self.rank, self.skip = sampler, batch_size, world, rank, skip
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
 
-    def __iter__(self) -> Iterator[int]:
-        return itertools.islice(iter(self.sampler), self.skip, None)
+    def shares(self, k: int) -> list[int]:
+        """Every process's share size of global batch k (counting from the start of the epoch)."""
+        return split_sizes(min(self.batch_size, len(self.sampler) - k * self.batch_size), self.world)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = list(self.sampler)  # the whole epoch: indices only, cheap
+        for k in range(self.skip, self.skip + len(self)):
+            batch = order[k * self.batch_size:(k + 1) * self.batch_size]
+            sizes = self.shares(k)
+            start = sum(sizes[:self.rank])
+            yield batch[start:start + sizes[self.rank]]
 
     def __len__(self) -> int:
-        return max(len(self.sampler) - self.skip, 0)
-
-
-def make_sampler(dataset: FrameDataset, shuffle: bool = True, balanced: bool = False, seed: int = 0,
-                 num_replicas: int = 1, rank: int = 0) -> Sampler[int]:
-    """This rank's share of an epoch; the order is a function of (seed, epoch) via set_epoch.
-    A DistributedSampler also for one process (num_replicas=1), so single- and multi-GPU runs
-    share one code path."""
-    if balanced:
-        return BalancedSampler(dataset.labels, num_replicas, rank, seed)
-    return DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        return max(math.ceil(len(self.sampler) / self.batch_size) - self.skip, 0)
 
 
 def seed_worker(worker_id: int) -> None:
@@ -184,9 +203,23 @@ def seed_worker(worker_id: int) -> None:
     np.random.seed(s)
 
 
-def make_loader(dataset: FrameDataset, batch_size: int, sampler: Sampler[int] | None = None,
-                num_workers: int = 0, seed: int = 0, pin_memory: bool = False) -> DataLoader:
+def collate(batch: list, image_size: int = 224):
+    """default_collate, and for an empty share of a global batch (GlobalBatchSampler) empty
+    tensors of the right shapes, so that the process still takes part in the step."""
+    if batch:
+        return default_collate(batch)
+    return torch.empty(0, 3, image_size, image_size), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
+
+
+def make_loader(dataset: FrameDataset, batch_size: int = 1, sampler: Sampler[int] | None = None,
+                num_workers: int = 0, seed: int = 0, pin_memory: bool = False,
+                batch_sampler: GlobalBatchSampler | None = None, image_size: int = 224) -> DataLoader:
+    """Batches of (images [B, 3, S, S], labels [B], video indices [B]): `batch_size` items of
+    `sampler` or, with `batch_sampler`, the lists it gives (batch_size and sampler unused)."""
     g = torch.Generator().manual_seed(seed)
+    if batch_sampler is not None:
+        return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers, worker_init_fn=seed_worker,
+                          generator=g, pin_memory=pin_memory, collate_fn=partial(collate, image_size=image_size))
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                       worker_init_fn=seed_worker, generator=g, pin_memory=pin_memory,
                       persistent_workers=False, drop_last=False)

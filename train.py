@@ -2,7 +2,7 @@
 alignment losses and slerp latent augmentation, the paper's method and recipe.
 
     python train.py                                   # the paper's full recipe on data/ff++ (one GPU)
-    torchrun --nproc_per_node=4 train.py              # the same on 4 GPUs (effective batch stays 128)
+    torchrun --nproc_per_node=4 train.py              # the same on 4 GPUs: the same batches, the same loss
     python train.py --tuning linear-probe --no-norm --uniformity 0 --alignment 0 --no-slerp   # ablation rows
     python train.py --resume runs/<name>              # continue exactly where it stopped
     python train.py --data data-mini --clip tiny --epochs 2 --batch-size 16 --workers 2   # CPU smoke run
@@ -10,7 +10,21 @@ alignment losses and slerp latent augmentation, the paper's method and recipe.
 The defaults of TrainConfig ARE the published recipe; every field is a command-line flag
 (`--batch-size 64`, `--no-slerp`, ...). A run writes runs/<name>/config.json, log.jsonl (one JSON
 line per --log-every steps and per epoch), last.pt (every --save-every steps and each epoch, with the
-optimizer and RNG states for --resume) and best.pt (best FF++ val video-level AUROC so far).
+optimizer and RNG states for --resume) and best.pt (best FF++ val video-level AUROC so far; the
+latest epoch when validation cannot rank: --no-val, no val split, or a val split of one class).
+
+N processes (torchrun) train the single-process recipe exactly: global batch k holds the same
+images as in one process (GlobalBatchSampler: each process loads its contiguous share, any batch
+size >= N), and the features of all shares are gathered (with gradients) so that slerp pairs,
+uniformity, alignment and CE all see the whole global batch of 128, as on one GPU. The gather
+moves 1024 floats per image: 128 x 1024 x 4 bytes = 512 KiB per step in all, and every process
+keeps the global batch's features (512 KiB) and its 128 x 128 pair terms: negligible next to the
+ViT's activations. The weights then match a single-process run up to float reduction order, and
+a run may be resumed with another number of processes.
+
+SIGTERM (preemption) or Ctrl-C: the step in flight is not applied, last.pt is written at the
+last completed step, and the process exits (143 / 130) naming the --resume command; resuming gives
+bitwise the weights of an uninterrupted run (on the same hardware). A second signal aborts at once.
 """
 from __future__ import annotations
 
@@ -19,14 +33,22 @@ import datetime
 import json
 import math
 import os
+import pickle
 import random
+import signal
+import sys
+import threading
 import time
+import warnings
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
@@ -34,8 +56,35 @@ from tqdm import tqdm
 
 import clip_vit
 import data as data_lib
-from layouts import DataError, atomic_write
+from layouts import Video, atomic_write
 from losses import alignment, slerp_augment, uniformity
+
+
+class RunError(ValueError):
+    """A run folder that cannot be started or continued, or a run that cannot go on (the message
+    says what and what to do)."""
+
+
+class NonFiniteLoss(RunError):
+    def __init__(self, value: float):
+        super().__init__(f"loss is {value}")
+        self.value = value
+
+
+class StopRequested(Exception):
+    """A SIGTERM / SIGINT in some process: the step in flight is not applied."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class Interrupted(RunError):
+    """SIGTERM / SIGINT: last.pt holds the last completed step; exit status 128 + signal."""
+
+    def __init__(self, message: str, signum: int, main: bool):
+        super().__init__(message)
+        self.status, self.main = 128 + signum, main
 
 
 @dataclass
@@ -45,26 +94,27 @@ class TrainConfig:
     dataset: str = field(default="ff++", metadata={"help": "training dataset folder under --data (ff++ = FF++ c23)"})
     sources: list[str] = field(default_factory=lambda: list(data_lib.FFPP_SOURCES),
                                metadata={"help": "sources to train on (real + manipulations)"})
-    frames: int = field(default=32, metadata={"help": "max frames per video"})
+    frames: int = field(default=32, metadata={"min": 1, "help": "max frames per video"})
     balanced: bool = field(default=False, metadata={"help": "class-balanced sampling (the paper: off)"})
-    workers: int = field(default=8, metadata={"help": "DataLoader workers per process"})
+    workers: int = field(default=8, metadata={"min": 0, "help": "DataLoader workers per process"})
     # model
     clip: str = field(default="ViT-L/14", metadata={"help": "OpenAI CLIP name (downloaded), path to its weights, or 'tiny'"})
     tuning: str = field(default="ln", metadata={"choices": clip_vit.TUNING, "help": "which tensors train"})
     norm: bool = field(default=True, metadata={"help": "L2-normalise the features before the head"})
     grad_checkpointing: bool = field(default=False, metadata={"help": "recompute blocks in backward (less GPU memory)"})
     # objective
-    uniformity: float = field(default=0.5, metadata={"help": "weight of the uniformity loss (0 = off)"})
-    alignment: float = field(default=0.1, metadata={"help": "weight of the alignment loss (0 = off)"})
+    uniformity: float = field(default=0.5, metadata={"min": 0, "help": "weight of the uniformity loss (0 = off)"})
+    alignment: float = field(default=0.1, metadata={"min": 0, "help": "weight of the alignment loss (0 = off)"})
     slerp: bool = field(default=True, metadata={"help": "slerp latent augmentation within each class"})
     # optimisation (AdamW, cosine per step from lr to min_lr, no warm-up)
     lr: float = field(default=8e-5, metadata={"help": "AdamW learning rate at step 0"})
-    min_lr: float = field(default=5e-5, metadata={"help": "learning rate at the last step (cosine per step)"})
+    min_lr: float = field(default=5e-5, metadata={"min": 0, "help": "learning rate at the last step (cosine per step)"})
     beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
     beta2: float = field(default=0.999, metadata={"help": "AdamW beta2"})
-    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
-    batch_size: int = field(default=128, metadata={"help": "effective batch over all processes"})
-    epochs: int = field(default=10, metadata={"help": "passes over the training frames"})
+    weight_decay: float = field(default=0.0, metadata={"min": 0, "help": "AdamW weight decay"})
+    batch_size: int = field(default=128, metadata={"min": 1, "help": "global batch over all processes (each loads "
+                                                                     "its share; at least the number of processes)"})
+    epochs: int = field(default=10, metadata={"min": 1, "help": "passes over the training frames"})
     seed: int = field(default=42, metadata={"help": "seeds the head, the epoch orders, augmentations and slerp"})
     device: str = field(default="auto", metadata={"help": "auto | cuda | cpu | cuda:1 ..."})
     # run bookkeeping
@@ -72,19 +122,66 @@ class TrainConfig:
     name: str = field(default="", metadata={"help": "run folder name (default: a timestamp)"})
     resume: str = field(default="", metadata={"help": "run folder to continue (its config.json is the base config)"})
     val: bool = field(default=True, metadata={"help": "validate on the val split after every epoch"})
-    val_batch_size: int = field(default=128, metadata={"help": "batch size of the validation pass"})
-    log_every: int = field(default=50, metadata={"help": "steps between log.jsonl lines"})
-    save_every: int = field(default=500, metadata={"help": "steps between last.pt saves (also each epoch)"})
-    stop_after: int = field(default=0, metadata={"help": "stop with a checkpoint after this many steps in total (0 = all epochs)"})
+    val_batch_size: int = field(default=128, metadata={"min": 1, "help": "batch size of the validation pass"})
+    log_every: int = field(default=50, metadata={"min": 1, "help": "steps between log.jsonl lines"})
+    save_every: int = field(default=500, metadata={"min": 1, "help": "steps between last.pt saves (also each epoch)"})
+    stop_after: int = field(default=0, metadata={"min": 0, "help": "stop with a checkpoint after this many steps in "
+                                                                   "total (0 = all epochs)"})
 
 
 RUN_CONTROL = {"resume", "stop_after"}  # never taken from a resumed run's config.json
 
 
+# ----------------------------------------------------------------------------------------------
+# command line: every bad value is an argparse error (exit 2) before any work
+# ----------------------------------------------------------------------------------------------
+
+def at_least(kind: type, minimum: float) -> Callable[[str], float]:
+    def check(value):
+        number = kind(value)  # ValueError -> argparse's "invalid int value"
+        if number < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return number
+    check.__name__ = kind.__name__
+    return check
+
+
+def device_flag(value: str) -> str:
+    """auto, cpu, cuda or cuda:N of a GPU that is there."""
+    if value in ("auto", "cpu"):
+        return value
+    try:
+        device = torch.device(value)
+    except RuntimeError:
+        device = None
+    if device is None or device.type != "cuda":
+        raise argparse.ArgumentTypeError(f"{value!r} is not a device: use auto, cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{value}: no CUDA GPU on this machine; use --device cpu (or auto)")
+    if (device.index or 0) >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{value}: this machine has {torch.cuda.device_count()} GPU(s)")
+    return value
+
+
+def read_run_config(parser: argparse.ArgumentParser, run_dir: Path) -> dict:
+    """A run folder's config.json (the settings --resume continues with)."""
+    path = run_dir / "config.json"
+    if not path.is_file():
+        parser.error(f"argument --resume: no {path} (expected a run folder of train.py)")
+    try:
+        saved = json.loads(path.read_text())
+    except (ValueError, OSError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        parser.error(f"argument --resume: {path} is truncated or not JSON ({e}); restore it (last.pt holds "
+                     f"the same settings under 'config') or start a new run with another --name")
+    if not isinstance(saved, dict):
+        parser.error(f"argument --resume: {path} is not a config.json of train.py (expected a JSON object)")
+    return saved
+
+
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
     """argparse generated from TrainConfig: --field-name VALUE, --x/--no-x for booleans."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    defaults = TrainConfig()
+    defaults, checks = TrainConfig(), {"device": device_flag}
     for f in fields(TrainConfig):
         default = getattr(defaults, f.name)
         kwargs = dict(default=argparse.SUPPRESS, help=f"{f.metadata.get('help', '')} (default: {default})")
@@ -93,22 +190,33 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
         elif isinstance(default, list):
             kwargs.update(nargs="+", type=str)
         else:
-            kwargs["type"] = type(default)
+            if "min" in f.metadata:
+                checks[f.name] = at_least(type(default), f.metadata["min"])
+            kwargs["type"] = checks.get(f.name, type(default))
         if "choices" in f.metadata:
             kwargs["choices"] = f.metadata["choices"]
         parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
     given = vars(parser.parse_args(argv))  # only the flags on the command line
     base = asdict(defaults)
     if given.get("resume"):
-        saved = Path(given["resume"]) / "config.json"
-        if not saved.is_file():
-            raise SystemExit(f"--resume {given['resume']}: no config.json there (expected a run folder of train.py)")
-        base.update({k: v for k, v in json.loads(saved.read_text()).items() if k in base and k not in RUN_CONTROL})
-    return TrainConfig(**{**base, **given})
+        saved = read_run_config(parser, Path(given["resume"]))
+        base.update({k: v for k, v in saved.items() if k in base and k not in RUN_CONTROL})
+        for name, check in checks.items():  # config.json's values pass the flags' checks too
+            try:
+                check(given.get(name, base[name]))
+            except (argparse.ArgumentTypeError, ValueError, TypeError) as e:
+                parser.error(f"argument --resume: config.json has {name} = {base[name]!r}: {e}; "
+                             f"pass --{name.replace('_', '-')} to override it")
+    cfg = TrainConfig(**{**base, **given})
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.batch_size < world:
+        parser.error(f"argument --batch-size: {cfg.batch_size} is smaller than the {world} processes "
+                     f"(each takes a share of every batch); use at least {world}")
+    return cfg
 
 
 # ----------------------------------------------------------------------------------------------
-# helpers
+# the training step of the paper
 # ----------------------------------------------------------------------------------------------
 
 def get_lr(step: int, total: int, cfg: TrainConfig) -> float:
@@ -117,11 +225,105 @@ def get_lr(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    # slerp's random numbers are a function of (seed, step, rank): exact after --resume, and
-    # different on every rank, without keeping a generator state per rank
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_009 + rank)
+def step_generator(seed: int, step: int) -> torch.Generator:
+    # slerp's random numbers are a function of (seed, step): exact after --resume, the same in every
+    # process (each slerps the same global batch), without keeping a generator state
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) * 1_009)
 
+
+def gather_batch(x: torch.Tensor, shares: list[int]) -> torch.Tensor:
+    """Every process's share of the global batch, concatenated in rank order: [sum(shares), ...].
+
+    Differentiable: the backward of all_gather sums the gradients that all processes send to each
+    share. Every process computes the same global loss L, so process r's features f_r get
+    world x dL/df_r and its encoder gradient is world x (its share of dL/dθ); DDP averages over
+    the processes (/ world): sum_r dL/dθ|r = dL/dθ, the single-process gradient. The head (and
+    slerp) run on the gathered batch in every process, so each already has the whole dL/dW_head
+    and the average of `world` equal copies is that gradient again. No rescaling is needed."""
+    padded = F.pad(x, (0, 0) * (x.ndim - 1) + (0, max(shares) - len(x)))  # all_gather needs equal sizes
+    with warnings.catch_warnings():  # deprecated in favour of a private API; still the documented one
+        warnings.simplefilter("ignore", FutureWarning)
+        parts = dist_fn.all_gather(padded)  # world x [max(shares), ...]
+    return torch.cat([p[:n] for p, n in zip(parts, shares)])
+
+
+class TrainForward(nn.Module):
+    """features -> (gather) -> (slerp) -> head in one forward, so DistributedDataParallel sees the whole step."""
+
+    def __init__(self, detector: clip_vit.DeepfakeDetector, slerp: bool):
+        super().__init__()
+        self.detector, self.slerp = detector, slerp
+
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator,
+                shares: list[int] | None = None):
+        """images: this process's share; labels: the global batch's; shares: under torchrun."""
+        if len(images):
+            features = self.detector.features(images)  # [b, width], unit norm when cfg.norm
+        else:  # an empty share (last batch smaller than the processes): a blank image, cut off again,
+            # keeps every parameter in the graph (zero gradient), as DDP's all-reduce needs
+            features = self.detector.features(images.new_zeros(1, *images.shape[1:]))[:0]  # [0, width]
+        if shares is not None:
+            features = gather_batch(features, shares)  # [B, width] the global batch
+        if self.slerp:
+            features = slerp_augment(features, labels, generator)  # [B, width] float32
+        return features, self.detector.head(features)  # [B, width], [B, 2]
+
+
+def objective(features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig):
+    """CE + w_u * uniformity + w_a * alignment over the global batch. With --no-norm the two feature
+    losses still run on the raw features, although they are defined on the unit hypersphere (the
+    paper's ablation rows without norm also have them off)."""
+    ce = F.cross_entropy(logits.float(), labels)
+    parts = {"ce": ce}
+    loss = ce
+    if cfg.uniformity:
+        parts["uniformity"] = uniformity(features)
+        loss = loss + cfg.uniformity * parts["uniformity"]
+    if cfg.alignment:
+        parts["alignment"] = alignment(features, labels)
+        loss = loss + cfg.alignment * parts["alignment"]
+    return loss, parts
+
+
+def agree(finite: torch.Tensor, signum: int, distributed: bool) -> tuple[bool, int]:
+    """(loss finite everywhere, a stop signal received anywhere or 0): one all_reduce under torchrun
+    so that every process takes the same branch; one process just reads its loss (a host sync, as
+    ever) and its own flag."""
+    if not distributed:
+        return bool(finite.item()), signum
+    flags = torch.stack([finite.float(), torch.tensor(-float(signum), device=finite.device)])  # [2]
+    dist.all_reduce(flags, op=dist.ReduceOp.MIN)
+    ok, minus_signum = flags.tolist()
+    return ok == 1.0, int(-minus_signum)
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+               shares: list[int] | None, generator: torch.Generator, lr: float, cfg: TrainConfig, amp: bool,
+               stop: StopSignals | None = None) -> dict[str, torch.Tensor]:
+    """One AdamW step on the global batch (shares: under torchrun, every process's share size);
+    returns the loss terms. Before any update: NonFiniteLoss when the loss is NaN/inf,
+    StopRequested when `stop` caught a signal (in any process)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    if shares is not None:
+        labels = gather_batch(labels, shares)                          # [B] the global batch's labels
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+        features, logits = model(images, labels, generator, shares)   # [B, width] slerped, [B, 2]
+    loss, parts = objective(features, logits, labels, cfg)            # CE + 0.5 L_unif + 0.1 L_align
+    finite, signum = agree(torch.isfinite(loss.detach()), stop.signum if stop else 0, shares is not None)
+    if not finite:
+        raise NonFiniteLoss(loss.item())
+    if signum:
+        raise StopRequested(signum)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()  # under DDP: the single-process gradient (gather_batch says why)
+    optimizer.step()
+    return {"loss": loss.detach(), **{k: v.detach() for k, v in parts.items()}}
+
+
+# ----------------------------------------------------------------------------------------------
+# checkpoints, RNG states, log, signals
+# ----------------------------------------------------------------------------------------------
 
 def rng_state() -> dict:
     """Global RNG states as tensors and plain types (weights_only=True can load them)."""
@@ -154,36 +356,233 @@ def save_model(path: Path, detector: clip_vit.DeepfakeDetector, cfg: TrainConfig
     clip_vit.save_checkpoint(path, detector, checkpoint_config(cfg), **extra)
 
 
-class TrainForward(nn.Module):
-    """features -> (slerp) -> head in one forward, so DistributedDataParallel sees the whole step."""
-
-    def __init__(self, detector: clip_vit.DeepfakeDetector, slerp: bool):
-        super().__init__()
-        self.detector, self.slerp = detector, slerp
-
-    def forward(self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator):
-        features = self.detector.features(images)  # [B, width], unit norm when cfg.norm
-        if self.slerp:
-            features = slerp_augment(features, labels, generator)  # [B, width] float32
-        return features, self.detector.head(features)  # [B, width], [B, 2]
+RESUME_KEYS = ("optimizer", "rng", "step", "steps_per_epoch", "best_val_video_auroc")
 
 
-def objective(features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, cfg: TrainConfig):
-    """CE + w_u * uniformity + w_a * alignment. With --no-norm the two feature losses still run on
-    the raw features, although they are defined on the unit hypersphere (the paper's ablation rows
-    without norm also have them off). Under DDP they see this rank's local batch only (no
-    all_gather of features): with 2+ GPUs the pairs are those within each rank's share of the batch."""
-    ce = F.cross_entropy(logits.float(), labels)
-    parts = {"ce": ce}
-    loss = ce
-    if cfg.uniformity:
-        parts["uniformity"] = uniformity(features)
-        loss = loss + cfg.uniformity * parts["uniformity"]
-    if cfg.alignment:
-        parts["alignment"] = alignment(features, labels)
-        loss = loss + cfg.alignment * parts["alignment"]
-    return loss, parts
+def load_last(run_dir: Path) -> dict:
+    """run_dir/last.pt, the state --resume continues from."""
+    last = run_dir / "last.pt"
+    if not last.is_file():
+        raise RunError(f"--resume {run_dir}: no last.pt there (the run saved no checkpoint yet)")
+    try:
+        ckpt = clip_vit.load_checkpoint(last)
+    except OSError as e:
+        raise RunError(f"--resume {run_dir}: cannot read {last}: {e.strerror or e}") from None
+    # torch.load's errors for a damaged file, whether or not load_checkpoint turns them into ValueError
+    except (ValueError, RuntimeError, EOFError, KeyError, pickle.UnpicklingError):
+        ckpt = None
+    if ckpt is None or not all(k in ckpt for k in RESUME_KEYS):
+        raise RunError(f"--resume {run_dir}: {last} is truncated or not a checkpoint of train.py; copy back a "
+                       f"good last.pt, or start a new run with another --name (the run's best.pt, if any, "
+                       f"is a finished model)")
+    return ckpt
 
+
+def trim_log(log_path: Path, step: int) -> None:
+    """On resume, drop log lines written after the checkpoint (they will be written again), and a
+    last line cut short by a failed write (a full disk)."""
+    if not log_path.is_file():
+        return
+    lines = log_path.read_text().splitlines()
+    kept = []
+    for n, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line) if line else {}
+        except ValueError:
+            if n == len(lines):
+                break
+            raise RunError(f"{log_path} line {n} is not JSON; delete that line and resume again") from None
+        if line and record.get("step", 0) <= step:
+            kept.append(line + "\n")
+    atomic_write(log_path, "".join(kept))
+
+
+def append_line(path: Path, line: str) -> None:
+    with open(path, "a") as fh:
+        fh.write(line + "\n")
+
+
+@contextmanager
+def writing(path: Path, run_dir: Path) -> Iterator[None]:
+    """A failed write (full disk, no permission) as one line naming the file."""
+    try:
+        yield
+    except OSError as e:
+        raise RunError(f"cannot write {path}: {e.strerror or e}; make room (or fix the permission), then "
+                       f"continue with `python train.py --resume {run_dir}` (files are replaced whole: "
+                       f"the previous checkpoints are intact)") from None
+
+
+class StopSignals:
+    """SIGTERM (cluster preemption) and SIGINT (Ctrl-C) ask the loop to stop before the next update;
+    a second signal aborts at once (KeyboardInterrupt). Previous handlers come back on exit."""
+
+    def __init__(self):
+        self.signum, self.previous = 0, {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():  # signal.signal's requirement
+            for s in (signal.SIGTERM, signal.SIGINT):
+                self.previous[s] = signal.signal(s, self.handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def handle(self, signum: int, frame) -> None:
+        if self.signum:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+
+# ----------------------------------------------------------------------------------------------
+# set-up: processes, data, model, run folder
+# ----------------------------------------------------------------------------------------------
+
+@dataclass
+class Processes:
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def amp(self) -> bool:
+        return self.device.type == "cuda"  # bf16 autocast on GPU, fp32 on CPU
+
+
+def start_processes(cfg: TrainConfig) -> tuple[Processes, bool]:
+    """This process's rank, the number of processes and the device; True when the process group
+    was created here (and is to be destroyed here)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if cfg.device == "auto":
+        device_type = "cuda" if torch.cuda.is_available() else "cpu"
+    else:
+        device_type = torch.device(cfg.device).type
+    created = world > 1 and not dist.is_initialized()
+    if created:
+        # rank 0 validates alone while the others wait in a barrier: allow it an hour
+        dist.init_process_group("nccl" if device_type == "cuda" else "gloo", timeout=datetime.timedelta(hours=1))
+    rank = dist.get_rank() if world > 1 else 0
+    device = torch.device("cpu")
+    if device_type == "cuda":
+        if world > 1 or cfg.device == "auto":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        else:
+            device = torch.device("cuda", torch.device(cfg.device).index or 0)
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+    return Processes(rank, world, device), created
+
+
+def load_data(cfg: TrainConfig) -> tuple[list[Video], list[Video], str]:
+    """Train and val videos, and why validation cannot rank ("" when it can, or with --no-val):
+    no val split, or a val split of one class (AUROC undefined). DataError for unusable data."""
+    train_videos = data_lib.load_videos(cfg.data, cfg.dataset, "train", cfg.sources, cfg.frames)
+    if not cfg.val:
+        return train_videos, [], ""
+    index = Path(cfg.data) / cfg.dataset / "val" / "index.csv"
+    if not index.is_file():
+        return train_videos, [], f"no val split ({index} not found)"
+    val_videos = data_lib.load_videos(cfg.data, cfg.dataset, "val", cfg.sources, cfg.frames)
+    classes = {v.label for v in val_videos}
+    if len(classes) < 2:
+        return train_videos, [], f"only {'fake' if classes == {1} else 'real'} videos in the val split"
+    return train_videos, val_videos, ""
+
+
+def build_detector(cfg: TrainConfig, procs: Processes) -> tuple[clip_vit.DeepfakeDetector, int]:
+    """The detector with cfg.tuning's tensors trainable, and their number. Rank 0 builds it first,
+    so that a download happens once."""
+    if procs.distributed and not procs.main:
+        dist.barrier()
+    detector = clip_vit.build_detector(cfg.clip, normalize=cfg.norm, device=procs.device)
+    if procs.distributed and procs.main:
+        dist.barrier()
+    n_trainable = clip_vit.set_trainable(detector, cfg.tuning)
+    detector.visual.transformer.grad_checkpointing = cfg.grad_checkpointing
+    return detector, n_trainable
+
+
+@dataclass
+class Run:
+    """One run: its fixed parts and its progress (what last.pt holds)."""
+    cfg: TrainConfig
+    procs: Processes
+    detector: clip_vit.DeepfakeDetector
+    model: nn.Module  # TrainForward, wrapped in DDP under torchrun
+    optimizer: torch.optim.Optimizer
+    dir: Path
+    steps_per_epoch: int
+    step: int = 0
+    best: float | None = None
+    saved_step: int | None = None  # the step of the last.pt on disk
+    bar: tqdm | None = None
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.cfg.epochs
+
+    def resume_command(self) -> str:
+        if self.procs.distributed:
+            return f"torchrun --nproc_per_node={self.procs.world} train.py --resume {self.dir}"
+        return f"python train.py --resume {self.dir}"
+
+    def save_last(self) -> None:
+        self.saved_step = self.step
+        if self.procs.main:
+            with writing(self.dir / "last.pt", self.dir):
+                save_model(self.dir / "last.pt", self.detector, self.cfg, optimizer=self.optimizer.state_dict(),
+                           step=self.step, steps_per_epoch=self.steps_per_epoch,
+                           best_val_video_auroc=self.best, rng=rng_state())
+
+    def save_best(self, epoch: int, **extra) -> None:
+        if self.procs.main:
+            with writing(self.dir / "best.pt", self.dir):
+                save_model(self.dir / "best.pt", self.detector, self.cfg, step=self.step, epoch=epoch, **extra)
+
+    def log(self, record: dict) -> None:
+        if self.procs.main:
+            with writing(self.dir / "log.jsonl", self.dir):
+                append_line(self.dir / "log.jsonl", json.dumps(record))
+
+    def say(self, message: str) -> None:
+        if self.procs.main:
+            self.bar.write(message)
+
+
+def open_run(cfg: TrainConfig, run: Run) -> None:
+    """A new run folder (never over an existing run), or --resume's state loaded into `run`."""
+    if not cfg.resume:
+        if (run.dir / "last.pt").exists():
+            raise RunError(f"{run.dir} already holds a run: pass --resume {run.dir} or another --name")
+    else:
+        ckpt = load_last(run.dir)
+        clip_vit.apply_checkpoint(run.detector, ckpt, cfg.clip)
+        run.optimizer.load_state_dict(ckpt["optimizer"])
+        set_rng_state(ckpt["rng"])
+        run.step, run.best, run.saved_step = ckpt["step"], ckpt["best_val_video_auroc"], ckpt["step"]
+        if ckpt["steps_per_epoch"] != run.steps_per_epoch:
+            raise RunError(f"--resume {run.dir}: {run.steps_per_epoch} steps per epoch now, "
+                           f"{ckpt['steps_per_epoch']} when it was saved (different data or batch size)")
+    if run.procs.main:
+        with writing(run.dir / "config.json", run.dir):
+            run.dir.mkdir(parents=True, exist_ok=True)
+            atomic_write(run.dir / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
+            trim_log(run.dir / "log.jsonl", run.step)
+
+
+# ----------------------------------------------------------------------------------------------
+# the loop
+# ----------------------------------------------------------------------------------------------
 
 def validate(detector: nn.Module, videos: list, device: torch.device, batch_size: int, workers: int) -> dict:
     """Frame- and video-level AUROC of p_fake (video score = mean of its frames' p_fake)."""
@@ -197,207 +596,163 @@ def fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
 
-def trim_log(log_path: Path, step: int) -> None:
-    """On resume, drop log lines written after the checkpoint (they will be written again)."""
-    if log_path.is_file():
-        lines = [l for l in log_path.read_text().splitlines() if l and json.loads(l).get("step", 0) <= step]
-        log_path.write_text("".join(l + "\n" for l in lines))
+class Meter:
+    """Loss terms summed on the device between log lines (one host sync per line), and images/s."""
+
+    def __init__(self):
+        self.reset()
+
+    def reset(self) -> None:
+        self.sums: dict[str, torch.Tensor] = {}
+        self.steps, self.images, self.start = 0, 0, time.time()
+
+    def add(self, parts: dict[str, torch.Tensor], images: int) -> None:
+        for k, v in parts.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v.float()
+        self.steps, self.images = self.steps + 1, self.images + images
+
+    def record(self) -> dict:
+        out = {"images_per_s": round(self.images / max(time.time() - self.start, 1e-9), 1),
+               **{k: v.item() / self.steps for k, v in self.sums.items()}}
+        self.reset()
+        return out
 
 
-# ----------------------------------------------------------------------------------------------
-# training
-# ----------------------------------------------------------------------------------------------
+def train_epoch(run: Run, train_set: data_lib.FrameDataset, order, workers: int, stop: StopSignals) -> bool:
+    """The rest of the epoch run.step is in; False when the run stops early (--stop-after)."""
+    cfg, procs = run.cfg, run.procs
+    epoch, skip = divmod(run.step, run.steps_per_epoch)
+    train_set.set_epoch(epoch)
+    # the epoch's order is a function of (seed, epoch): a resumed run skips the batches it did
+    batches = data_lib.GlobalBatchSampler(order, cfg.batch_size, procs.world, procs.rank, skip)
+    batches.set_epoch(epoch)
+    loader = data_lib.make_loader(train_set, batch_sampler=batches, num_workers=workers, seed=cfg.seed + epoch,
+                                  pin_memory=procs.amp, image_size=run.detector.visual.input_resolution)
+    meter = Meter()
+    for k, (images, labels, _) in enumerate(loader, skip):
+        shares = batches.shares(k) if procs.distributed else None
+        lr = get_lr(run.step, run.total_steps, cfg)
+        images, labels = images.to(procs.device, non_blocking=True), labels.to(procs.device, non_blocking=True)
+        try:
+            parts = train_step(run.model, run.optimizer, images, labels, shares, step_generator(cfg.seed, run.step),
+                               lr, cfg, procs.amp, stop)
+        except NonFiniteLoss as e:
+            saved = f"{run.dir / 'last.pt'} (step {run.saved_step})" if run.saved_step is not None else "none yet"
+            raise RunError(f"loss is {e.value} at step {run.step + 1} (epoch {epoch}); stopping before the update. "
+                           f"Last good checkpoint: {saved}; continue with --resume {run.dir} (e.g. with a lower "
+                           f"--lr)") from None
+        except StopRequested as e:
+            interrupt(run, e.signum)
+        run.step += 1
+        meter.add(parts, sum(shares) if shares else len(images))
+        run.bar.update(1)
+        if run.step % cfg.log_every == 0 or run.step == run.total_steps:
+            record = {"step": run.step, "epoch": epoch, "lr": lr, **meter.record()}
+            run.bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{record['images_per_s']:.0f}")
+            run.log(record)
+        stopping = 0 < cfg.stop_after <= run.step
+        if run.step % run.steps_per_epoch and (stopping or run.step % cfg.save_every == 0):
+            run.save_last()  # at an epoch end the epoch's own save follows
+        if stopping:
+            return False
+    return True
+
+
+def interrupt(run: Run, signum: int) -> None:
+    """After SIGTERM / SIGINT, before any update of the step in flight: last.pt at run.step."""
+    if run.saved_step != run.step:
+        run.save_last()
+    name = signal.Signals(signum).name
+    raise Interrupted(f"stopped by {name} at step {run.step}/{run.total_steps}; {run.dir / 'last.pt'} holds it. "
+                      f"Continue with: {run.resume_command()}", signum, run.procs.main)
+
+
+def end_epoch(run: Run, epoch: int, val_videos: list[Video], val_note: str, workers: int) -> None:
+    """Validate (rank 0), save best.pt when the val AUROC improves (the latest epoch when it cannot
+    rank), last.pt, and the epoch's log line."""
+    record = {"step": run.step, "epoch": epoch, "epoch_done": True}
+    if run.procs.main and val_videos:
+        record.update(validate(run.detector, val_videos, run.procs.device, run.cfg.val_batch_size, workers))
+        score = record["val_video_auroc"]
+        if score is not None and (run.best is None or score > run.best):
+            run.best = score
+            run.save_best(epoch, val_video_auroc=score)
+        record["best_val_video_auroc"] = run.best
+        run.say(f"epoch {epoch}: val video AUROC {fmt(score)}, best {fmt(run.best)}")
+    else:
+        run.save_best(epoch)  # no ranking: the latest epoch
+        if val_note:
+            record["val"] = f"val AUROC undefined: {val_note}; best.pt = latest epoch"
+            run.say(f"epoch {epoch}: {record['val']}")
+    run.save_last()
+    run.log(record)
+    if run.procs.distributed:
+        dist.barrier()  # the other processes wait for rank 0's validation and saves
+
+
+def _train(cfg: TrainConfig, procs: Processes, stop: StopSignals) -> clip_vit.DeepfakeDetector:
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the head's initialisation; the same in every process
+    train_videos, val_videos, val_note = load_data(cfg)  # DataError names the preprocess command
+    detector, n_trainable = build_detector(cfg, procs)
+    train_set = data_lib.FrameDataset(train_videos, data_lib.train_transform(detector.visual.input_resolution),
+                                      seed=cfg.seed)
+    order = data_lib.make_sampler(train_set, shuffle=True, balanced=cfg.balanced, seed=cfg.seed)
+    workers = min(cfg.workers, os.cpu_count() or 1)
+    params = [p for p in detector.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    model = TrainForward(detector, cfg.slerp)
+    if procs.distributed:
+        model = DDP(model, device_ids=[procs.device.index] if procs.device.type == "cuda" else None)
+    run_dir = Path(cfg.resume) if cfg.resume else Path(cfg.out) / (cfg.name or time.strftime("%Y%m%d-%H%M%S"))
+    run = Run(cfg, procs, detector, model, optimizer, run_dir, math.ceil(len(order) / cfg.batch_size))
+    open_run(cfg, run)
+    run.bar = tqdm(total=run.total_steps, initial=run.step, disable=not procs.main, desc=run.dir.name,
+                   dynamic_ncols=True)
+    shares = data_lib.split_sizes(cfg.batch_size, procs.world)
+    run.say(f"run {run.dir}: {len(train_set)} train frames of {len(train_videos)} videos, {len(val_videos)} val "
+            f"videos; {cfg.clip} tuning={cfg.tuning} ({n_trainable:,} trainable), {procs.world} process(es) x "
+            f"batch {'/'.join(map(str, sorted(set(shares), reverse=True)))}, {run.steps_per_epoch} steps/epoch, "
+            f"device {procs.device}" + (f"; resuming at step {run.step}" if run.step else "")
+            + (f"; val AUROC undefined: {val_note}, best.pt = latest epoch" if val_note else ""))
+    completed = True
+    while run.step < run.total_steps and completed:
+        epoch = run.step // run.steps_per_epoch
+        completed = train_epoch(run, train_set, order, workers, stop)
+        if run.step % run.steps_per_epoch == 0:  # the epoch is complete
+            end_epoch(run, epoch, val_videos, val_note, workers)
+    run.bar.close()
+    if procs.main:
+        print(f"{'stopped' if run.step < run.total_steps else 'done'} at step {run.step}/{run.total_steps}: {run.dir}",
+              flush=True)
+    return detector
+
 
 def train(cfg: TrainConfig) -> clip_vit.DeepfakeDetector:
     """Runs (or resumes) one training run; returns the detector (unwrapped, final weights)."""
-    # --- processes and device
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if cfg.device == "auto":
-        device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    else:
-        device_type = torch.device(cfg.device).type
-    if distributed:
-        # rank 0 validates alone while the others wait in a barrier: allow it an hour
-        dist.init_process_group("nccl" if device_type == "cuda" else "gloo", timeout=datetime.timedelta(hours=1))
-        rank, world, local_rank = dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0))
-    else:
-        rank, world, local_rank = 0, 1, 0
-    if device_type == "cuda":
-        index = local_rank if distributed or cfg.device == "auto" else (torch.device(cfg.device).index or 0)
-        device = torch.device("cuda", index)
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-    else:
-        device = torch.device("cpu")
-    amp = device.type == "cuda"  # bf16 autocast on GPU, fp32 on CPU
-    main = rank == 0
+    procs, created = start_processes(cfg)
     try:
-        return _train(cfg, rank, world, device, amp, main, distributed)
+        with StopSignals() as stop:
+            return _train(cfg, procs, stop)
     finally:
-        if distributed:
+        if created:
             dist.destroy_process_group()
-
-
-def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device, amp: bool, main: bool,
-           distributed: bool) -> clip_vit.DeepfakeDetector:
-    if cfg.batch_size % world:
-        raise SystemExit(f"--batch-size {cfg.batch_size} is not divisible by the {world} processes")
-    local_batch = cfg.batch_size // world  # effective batch = cfg.batch_size
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)  # the head's initialisation; the same on every rank
-
-    # --- data (fails with the preprocess command when data/ff++ is missing)
-    train_videos = data_lib.load_videos(cfg.data, cfg.dataset, "train", cfg.sources, cfg.frames)
-    val_videos = data_lib.load_videos(cfg.data, cfg.dataset, "val", cfg.sources, cfg.frames) if cfg.val else []
-
-    # --- model (rank 0 first, so a download happens once)
-    if distributed and not main:
-        dist.barrier()
-    detector = clip_vit.build_detector(cfg.clip, normalize=cfg.norm, device=device)
-    if distributed and main:
-        dist.barrier()
-    n_trainable = clip_vit.set_trainable(detector, cfg.tuning)
-    detector.visual.transformer.grad_checkpointing = cfg.grad_checkpointing
-    size = detector.visual.input_resolution
-    train_set = data_lib.FrameDataset(train_videos, data_lib.train_transform(size), seed=cfg.seed)
-    sampler = data_lib.make_sampler(train_set, shuffle=True, balanced=cfg.balanced, seed=cfg.seed,
-                                    num_replicas=world, rank=rank)
-    steps_per_epoch = math.ceil(len(sampler) / local_batch)
-    total_steps = steps_per_epoch * cfg.epochs
-    workers = min(cfg.workers, os.cpu_count() or 1)
-
-    params = [p for p in detector.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
-
-    # --- run folder, resume
-    run_dir = Path(cfg.resume) if cfg.resume else Path(cfg.out) / (cfg.name or time.strftime("%Y%m%d-%H%M%S"))
-    step, best = 0, None
-    if cfg.resume:
-        last = run_dir / "last.pt"
-        if not last.is_file():
-            raise SystemExit(f"--resume {run_dir}: no last.pt there (the run saved no checkpoint yet)")
-        ckpt = clip_vit.load_checkpoint(last)
-        clip_vit.apply_checkpoint(detector, ckpt, cfg.clip)
-        optimizer.load_state_dict(ckpt["optimizer"])
-        set_rng_state(ckpt["rng"])
-        step, best = ckpt["step"], ckpt["best_val_video_auroc"]
-        if ckpt["steps_per_epoch"] != steps_per_epoch:
-            raise SystemExit(f"--resume {run_dir}: {steps_per_epoch} steps per epoch now, {ckpt['steps_per_epoch']} "
-                             f"when it was saved (different data, batch size or number of processes)")
-    elif (run_dir / "last.pt").exists():
-        raise SystemExit(f"{run_dir} already holds a run: pass --resume {run_dir} or another --name")
-    log_path = run_dir / "log.jsonl"
-    if main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(run_dir / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
-        trim_log(log_path, step)
-        print(f"run {run_dir}: {len(train_set)} train frames of {len(train_videos)} videos, "
-              f"{len(val_videos)} val videos; {cfg.clip} tuning={cfg.tuning} ({n_trainable:,} trainable), "
-              f"{world} process(es) x batch {local_batch}, {steps_per_epoch} steps/epoch, device {device}"
-              + (f"; resuming at step {step}" if step else ""), flush=True)
-
-    model = TrainForward(detector, cfg.slerp)
-    if distributed:
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    saved_step = step if cfg.resume else None
-
-    def save_last() -> None:
-        nonlocal saved_step
-        saved_step = step
-        if main:
-            save_model(run_dir / "last.pt", detector, cfg, optimizer=optimizer.state_dict(), step=step,
-                       steps_per_epoch=steps_per_epoch, best_val_video_auroc=best, rng=rng_state())
-
-    def log(record: dict) -> None:
-        if main:
-            with open(log_path, "a") as fh:
-                fh.write(json.dumps(record) + "\n")
-
-    # --- the loop
-    bar = tqdm(total=total_steps, initial=step, disable=not main, desc=run_dir.name, dynamic_ncols=True)
-    sums: dict[str, torch.Tensor] = {}  # summed on the device: one host sync per log line
-    t_log, n_log = time.time(), 0
-    while step < total_steps:
-        epoch, skip = divmod(step, steps_per_epoch)
-        train_set.set_epoch(epoch)
-        sampler.set_epoch(epoch)
-        # the epoch's order is a function of (seed, epoch): a resumed run skips the batches it did
-        loader = data_lib.make_loader(train_set, local_batch, data_lib.SkipSampler(sampler, skip * local_batch),
-                                      workers, cfg.seed + epoch, amp)
-        stopping = False
-        for images, labels, _ in loader:
-            lr = get_lr(step, total_steps, cfg)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
-                features, logits = model(images, labels, step_generator(cfg.seed, step, rank))
-            loss, parts = objective(features, logits, labels, cfg)
-            finite = torch.isfinite(loss.detach()).float()
-            if distributed:
-                dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # every rank stops together
-            if not finite.item():
-                saved = f"{run_dir / 'last.pt'} (step {saved_step})" if saved_step is not None else "none yet"
-                raise SystemExit(f"loss is {loss.item()} at step {step + 1} (epoch {epoch}); stopping before the "
-                                 f"update. Last good checkpoint: {saved}; continue with --resume {run_dir} "
-                                 f"(e.g. with a lower --lr)")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            step += 1
-
-            # --- bookkeeping
-            n_log += len(images) * world
-            for k, v in {"loss": loss, **parts}.items():
-                sums[k] = sums.get(k, 0.0) + v.detach().float()
-            bar.update(1)
-            if step % cfg.log_every == 0 or step == total_steps:
-                count = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
-                ips = n_log / max(time.time() - t_log, 1e-9)
-                record = {"step": step, "epoch": epoch, "lr": lr, "images_per_s": round(ips, 1),
-                          **{k: v.item() / count for k, v in sums.items()}}
-                bar.set_postfix(loss=f"{record['loss']:.4f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}")
-                log(record)
-                sums, t_log, n_log = {}, time.time(), 0
-            end_of_epoch = step % steps_per_epoch == 0
-            stopping = cfg.stop_after > 0 and step >= cfg.stop_after
-            if not end_of_epoch and (stopping or step % cfg.save_every == 0):
-                save_last()  # at an epoch end the epoch's own save follows below
-            if stopping:
-                break
-
-        if step % steps_per_epoch == 0:  # the epoch is complete: validate, save last/best
-            record = {"step": step, "epoch": epoch, "epoch_done": True}
-            if main and cfg.val:
-                record.update(validate(detector, val_videos, device, cfg.val_batch_size, workers))
-                score = record["val_video_auroc"]
-                if score is not None and (best is None or score > best):
-                    best = score
-                    save_model(run_dir / "best.pt", detector, cfg, step=step, epoch=epoch, val_video_auroc=score)
-                record["best_val_video_auroc"] = best
-                bar.write(f"epoch {epoch}: val video AUROC {fmt(score)}, best {fmt(best)}")
-            elif main:
-                save_model(run_dir / "best.pt", detector, cfg, step=step, epoch=epoch)  # no val: latest
-            save_last()
-            log(record)
-            if distributed:
-                dist.barrier()  # the other ranks wait for rank 0's validation and saves
-        if stopping:
-            break
-    bar.close()
-    if main:
-        print(f"{'stopped' if step < total_steps else 'done'} at step {step}/{total_steps}: {run_dir}", flush=True)
-    return detector
 
 
 def main(argv: list[str] | None = None) -> clip_vit.DeepfakeDetector:
     cfg = parse_args(argv)
     try:
         return train(cfg)
-    except DataError as e:
-        raise SystemExit(f"error: {e}")
+    except Interrupted as e:
+        if e.main:
+            print(str(e), file=sys.stderr, flush=True)
+        raise SystemExit(e.status) from None
+    except KeyboardInterrupt:
+        raise SystemExit("error: interrupted twice: stopped at once; the run folder keeps its last completed "
+                         "checkpoint (continue with --resume)") from None
+    except (ValueError, OSError) as e:  # DataError, RunError, clip_vit's checkpoint errors, files
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

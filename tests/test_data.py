@@ -1,4 +1,5 @@
 """data.py on a tiny synthetic preprocessed tree (the layout preprocess.py writes)."""
+import math
 from pathlib import Path
 
 import pytest
@@ -98,11 +99,6 @@ def test_loader_same_batches_with_and_without_workers(tree):
 def test_samplers(tree):
     ds = data.FrameDataset(data.load_videos(tree), data.eval_transform())
     n = len(ds)
-    ranks = [data.make_sampler(ds, seed=5, num_replicas=2, rank=r) for r in range(2)]
-    for s in ranks:
-        s.set_epoch(1)
-    a, b = list(ranks[0]), list(ranks[1])
-    assert sorted(a + b) == list(range(n)) and len(a) == len(b) == n // 2
     one = data.make_sampler(ds, seed=5)
     one.set_epoch(1)
     order = list(one)
@@ -110,14 +106,43 @@ def test_samplers(tree):
     one.set_epoch(2)
     assert list(one) != order  # the order changes with the epoch
     one.set_epoch(1)
-    skip = data.SkipSampler(one, 16)
-    assert list(skip) == order[16:] and len(skip) == n - 16
+    # 2 processes: each global batch is the single-process batch, cut into contiguous shares
+    ranks = [data.GlobalBatchSampler(one, 8, world=2, rank=r) for r in range(2)]
+    a, b = (list(s) for s in ranks)
+    assert len(a) == len(b) == len(ranks[0]) == math.ceil(n / 8)
+    assert all(x + y == order[8 * k:8 * (k + 1)] for k, (x, y) in enumerate(zip(a, b)))
+    a, b = sum(a, []), sum(b, [])
+    assert sorted(a + b) == list(range(n)) and len(a) == len(b) == n // 2
+    # uneven shares (7 = 4 + 3) and a last batch of one image: the second process gets none
+    assert n % 7 == 1 and data.split_sizes(7, 2) == [4, 3] and data.split_sizes(1, 2) == [1, 0]
+    a, b = (list(data.GlobalBatchSampler(one, 7, world=2, rank=r)) for r in range(2))
+    assert [len(x) for x in a] == [4] * 7 + [1] and [len(y) for y in b] == [3] * 7 + [0]
+    assert [x + y for x, y in zip(a, b)] == [order[7 * k:7 * (k + 1)] for k in range(8)]
+    assert data.GlobalBatchSampler(one, 7, world=2).shares(7) == [1, 0]
+    # resuming: the first 2 global batches skipped without being listed again
+    skip = data.GlobalBatchSampler(one, 8, skip=2)
+    assert sum(list(skip), []) == order[16:] and len(skip) == len(list(skip)) == math.ceil(n / 8) - 2
+    skip2 = [data.GlobalBatchSampler(one, 7, world=2, rank=r, skip=3) for r in range(2)]
+    assert [x + y for x, y in zip(*skip2)] == [order[7 * k:7 * (k + 1)] for k in range(3, 8)]
     bal = data.make_sampler(ds, balanced=True, seed=0)
     bal.set_epoch(0)
-    assert len(list(bal)) == len(bal) == n
+    drawn = list(bal)
+    assert len(drawn) == len(bal) == n
+    a, b = (list(data.GlobalBatchSampler(bal, 8, world=2, rank=r)) for r in range(2))
+    assert [x + y for x, y in zip(a, b)] == [drawn[8 * k:8 * (k + 1)] for k in range(len(a))]  # the same rule
     big = data.BalancedSampler(torch.tensor([0] * 10 + [1] * 90), seed=0)
     drawn = torch.tensor([0] * 10 + [1] * 90)[torch.tensor(list(big))]
     assert 25 <= int((drawn == 0).sum()) <= 75  # ~50 % real instead of 10 %
+
+
+def test_loader_gives_an_empty_share_the_image_shape(tree):
+    ds = data.FrameDataset(data.load_videos(tree), data.eval_transform(32))
+    order = data.make_sampler(ds, seed=0)
+    n = len(ds)  # 50: with batch 7 the last global batch is one image, none for the second process
+    batches = data.GlobalBatchSampler(order, 7, world=2, rank=1, skip=n // 7)
+    (images, labels, videos), = list(data.make_loader(ds, batch_sampler=batches, image_size=32))
+    assert images.shape == (0, 3, 32, 32) and labels.shape == videos.shape == (0,)
+    assert labels.dtype == torch.long
 
 
 def test_gaussian_blur_equals_torchvision():

@@ -138,26 +138,62 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(small, 
     assert ckpt["step"] == 3 and all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
 
 
-def test_torchrun_two_processes_on_cpu_end_with_the_same_weights(small, tmp_path):
+DDP_SCRIPT = """
+import os, signal, sys
+import torch
+import torch.distributed as dist
+sys.path.insert(0, {root!r})
+import train
+
+dist.init_process_group("gloo")  # once for the three runs: train.py uses a process group that is there
+rank, out = dist.get_rank(), os.path.dirname(os.path.abspath(__file__))
+detector = train.main(sys.argv[1:] + ["--name", "full"])
+torch.save(detector.state_dict(), os.path.join(out, f"full{{rank}}.pt"))
+
+objective, calls = train.objective, []
+def signalled(*args):  # SIGTERM to rank 1 alone, during the 3rd step's forward
+    calls.append(1)
+    if rank == 1 and len(calls) == 3:
+        os.kill(os.getpid(), signal.SIGTERM)
+    return objective(*args)
+train.objective = signalled
+try:
+    train.main(sys.argv[1:] + ["--name", "cut"])
+except SystemExit as e:
+    print(f"rank {{rank}} exit {{e.code}}", flush=True)
+train.objective = objective
+detector = train.main(["--resume", os.path.join(out, "cut")])
+torch.save(detector.state_dict(), os.path.join(out, f"cut{{rank}}.pt"))
+dist.destroy_process_group()
+"""
+
+
+def test_torchrun_two_processes_train_the_single_process_recipe_and_stop_and_resume_together(small, tmp_path):
+    # 10 frames at batch 3: global batches 3, 3, 3, 1 -> shares 2+1, 2+1, 2+1 and 1+0 (an empty share)
+    args = ["--data", str(small), "--out", str(tmp_path), *FAST, "--batch-size", "3", "--frames", "1",
+            "--epochs", "2", "--no-val"]
     script = tmp_path / "ddp_run.py"
-    script.write_text(
-        "import os, sys, torch\n"
-        f"sys.path.insert(0, {str(ROOT)!r})\n"
-        "import train\n"
-        "detector = train.main(sys.argv[1:])\n"
-        "torch.save(detector.state_dict(), os.path.join(os.path.dirname(__file__), f\"rank{os.environ['RANK']}.pt\"))\n")
+    script.write_text(DDP_SCRIPT.format(root=str(ROOT)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-           "--data", str(small), "--out", str(tmp_path), "--name", "ddp", *FAST, "--epochs", "1",
-           "--stop-after", "3", "--no-val"]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script), *args]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "2 process(es) x batch 4" in result.stdout  # the effective batch stays 8
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
-    assert all(torch.equal(r0[k], r1[k]) for k in r0)
+    assert "2 process(es) x batch 2/1, 4 steps/epoch" in result.stdout  # the effective batch stays 3
+    # rank 1 alone was signalled; both stopped before the 3rd update, last.pt holds step 2
+    assert "rank 0 exit 143" in result.stdout and "rank 1 exit 143" in result.stdout
+    assert (f"stopped by SIGTERM at step 2/8; {tmp_path / 'cut' / 'last.pt'} holds it. Continue with: "
+            f"torchrun --nproc_per_node=2 train.py --resume {tmp_path / 'cut'}") in result.stderr
+    full0, full1, cut0, cut1 = (torch.load(tmp_path / f"{r}.pt", weights_only=True)
+                                for r in ("full0", "full1", "cut0", "cut1"))
+    for k in full0:  # the processes agree, and the resumed run is exact
+        assert torch.equal(full0[k], full1[k]) and torch.equal(full0[k], cut0[k]) and torch.equal(cut0[k], cut1[k]), k
+    assert torch.load(tmp_path / "full" / "last.pt", weights_only=True)["step"] == 8
+    # one process, the same recipe: the same weights up to the order of float sums
+    single = run(small, tmp_path, *args[4:], "--name", "single").state_dict()
     start = clip_vit.build_detector("tiny").state_dict()
-    assert not torch.equal(r0["visual.ln_post.weight"], start["visual.ln_post.weight"])
-    assert torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)["step"] == 3
+    for k in full0:
+        assert (full0[k] - single[k]).norm() <= 1e-5 * single[k].norm(), (k, (full0[k] - single[k]).norm())
+    assert not torch.equal(single["visual.ln_post.weight"], start["visual.ln_post.weight"])
 
 
 def test_vit_l14_checkpoint_is_under_1_mb(tmp_path):
