@@ -474,8 +474,10 @@ def _model_file(name_or_path: str, download_root: str | os.PathLike | None) -> P
     if name_or_path in MODELS:
         sha, _ = MODELS[name_or_path].split("/")
         return download(f"{OPENAI_URL}/{MODELS[name_or_path]}", download_root, sha256=sha)
-    if os.path.isfile(name_or_path):
-        return Path(name_or_path)
+    if os.path.exists(name_or_path):
+        return Path(name_or_path)  # read_state_dict says what is wrong with a folder or a damaged file
+    if Path(name_or_path).suffix in (".pt", ".pth", ".bin", ".ckpt"):  # meant as a file
+        raise FileNotFoundError(f"{name_or_path}: no such file; {OPENAI_FIX}")
     raise ValueError(f"unknown CLIP model {name_or_path!r}: expected one of {list(MODELS)} or a path to a file")
 
 
@@ -922,8 +924,9 @@ def _authors_tensors(ckpt: Any, path: str | os.PathLike, fix: str) -> dict:
     if unknown:
         raise ValueError(f"{path} holds tensors this project does not run, such as {unknown[0]} (an adapter or "
                          f"another head): only LN-tuned CLIP towers with a linear head load here")
+    # Of each LayerNorm's frozen original (base_layer) and tuned copy, the tuned copy is the one that runs.
     hf = {k[len(AUTHORS_PREFIX):].replace(".ln_tuning_layers.default.", "."): v for k, v in sd.items()
-          if k.startswith(AUTHORS_PREFIX) and ".base_layer." not in k}  # the tuned LayerNorm copies are the ones that run
+          if k.startswith(AUTHORS_PREFIX) and ".base_layer." not in k}
     try:
         out = convert_hf_vision_state_dict(hf)
         out["head.weight"], out["head.bias"] = sd["model.linear.weight"], sd["model.linear.bias"]

@@ -6,6 +6,7 @@ import http.server
 import importlib.util
 import os
 import pickle
+import re
 import subprocess
 import sys
 import sysconfig
@@ -528,6 +529,30 @@ def test_authors_checkpoint_with_code_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"refusing to unpickle (posix|os|nt)\.system"):
         cv.load_detector(path)
     assert not evil.marker.exists()
+
+
+DAMAGED = {  # how a model.ckpt gets damaged -> what the one line about it says
+    "half": (lambda path: path.write_bytes(path.read_bytes()[: path.stat().st_size // 2]),
+             r"is truncated or corrupt \(not a complete zip/torch file"),
+    "empty": (lambda path: path.write_bytes(b""), r"is an empty file \(0 bytes\)"),
+    "random": (lambda path: path.write_bytes(bytes(range(7, 256)) * 9), r"is neither .*: not a torch file at all"),
+    "json": (lambda path: path.write_text('{"state_dict": {}}'),
+             r"is neither .*: not a torch file at all \(it starts with b'\{"),
+    "list": (lambda path: torch.save([1, 2], path), r"is neither .*: expected keys .* but it holds a list"),
+}
+
+
+@pytest.mark.parametrize("how", DAMAGED)
+def test_a_damaged_authors_checkpoint_is_one_clear_value_error(tmp_path, how):
+    _, path = authors_checkpoint(tmp_path / "model.ckpt")
+    damage, message = DAMAGED[how]
+    damage(path)
+    for read, fix in ((cv.read_authors_checkpoint, "download the authors' model.ckpt again"),
+                      (cv.load_detector, "pass best.pt or last.pt written by train.py")):
+        with pytest.raises(Exception) as e:
+            read(path)
+        assert type(e.value) is ValueError and "\n" not in str(e.value), str(e.value)
+        assert re.match(f"{path} {message}", str(e.value)) and fix in str(e.value), str(e.value)
 
 
 class Calls:
