@@ -5,12 +5,15 @@
     python bench.py --device cuda --batch-size 64    # a smaller batch
     python bench.py --parts forward,train_step       # a subset
     python bench.py --parts preprocess --frames 8 --preprocess-videos 1   # a quick look
+    python -m pytest -q tests/test_bench.py tests/test_cuda.py   # test_cuda: skipped without a GPU
+
+On the CPU: batch 8, fp32 (bf16 is 6-8x slower there), each training step in a fresh process.
 
 Parts (JSON keys):
   forward     ViT-L/14 image tower (random weights), images/s and achieved FLOP/s as a fraction of
               the FLOP/s of one large GEMM measured in the same run (fp32 on CPU, bf16 on CUDA).
-  train_step  one LN-tuning step of train.py (its TrainForward and objective: forward, slerp,
-              losses, backward, AdamW) at train_step.batch_size (CUDA: 128, the paper's), with and
+  train_step  one LN-tuning step of train.py (its train_step: forward, slerp, losses, backward,
+              AdamW) at train_step.batch_size (CUDA: 128, the paper's), with and
               without gradient checkpointing: images/s, peak memory, ratio to the forward time.
   data        augmented training images/s: one worker alone (images_per_s_per_worker), and
               train.py's DataLoader (data.FrameDataset + train_transform + make_loader) with its
@@ -111,9 +114,9 @@ def bench_forward(detector: cv.DeepfakeDetector, device: torch.device, batch: in
 
 
 def train_step_seconds(model: str, device: torch.device, batch: int, repeat: int, checkpointing: bool) -> dict:
-    """One training step of train.py with the paper's recipe (its TrainForward and objective:
-    features -> slerp -> head -> CE + uniformity + alignment -> backward -> AdamW), best of
-    `repeat`, and the peak memory above the model's own."""
+    """One training step of train.py with the paper's recipe (its train_step, TrainForward and
+    objective: features -> slerp -> head -> CE + uniformity + alignment -> backward -> AdamW), best
+    of `repeat`, and the peak memory above the model's own."""
     cfg = train.TrainConfig()
     detector = build(model, device)
     cv.enable_ln_tuning(detector)
@@ -124,13 +127,9 @@ def train_step_seconds(model: str, device: torch.device, batch: int, repeat: int
     images = torch.randn(batch, 3, 224, 224, device=device)                   # [B, 3, 224, 224]
     labels = (torch.arange(batch, device=device) % 5 > 0).long()  # [B], 4 fake : 1 real, as FF++
 
-    def step():
-        with autocast(device):
-            features, logits = forward(images, labels, train.step_generator(cfg.seed, 0, 0))  # [B, 1024], [B, 2]
-        loss, _ = train.objective(features, logits, labels, cfg)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    def step():  # train.py's own step: bf16 autocast on CUDA, the loss-is-finite check, AdamW
+        train.train_step(forward, optimizer, images, labels, shares=None, generator=train.step_generator(cfg.seed, 0),
+                         lr=cfg.lr, cfg=cfg, amp=device.type == "cuda")
 
     if device.type == "cuda":
         base = torch.cuda.memory_allocated(device)
@@ -149,6 +148,7 @@ def time_shares(fn, device: torch.device) -> dict:
     """Where one call's time goes, from torch.profiler: GEMMs (linear layers, forward and backward,
     and the patch-embedding convolution), attention, and everything else (LayerNorm, activations,
     additions, copies, optimizer)."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=activities) as prof:
@@ -156,6 +156,8 @@ def time_shares(fn, device: torch.device) -> dict:
         sync(device)
     shares = {"gemm": 0.0, "attention": 0.0, "other": 0.0}
     for event in prof.key_averages():
+        if device.type == "cuda" and event.device_type != DeviceType.CPU:
+            continue  # a kernel's own row: its time is already in the self device time of the op that launched it
         t = event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total
         if event.key in ("aten::addmm", "aten::mm", "aten::bmm", "aten::mkldnn_convolution", "aten::cudnn_convolution"):
             shares["gemm"] += t
@@ -189,7 +191,9 @@ def train_step_subprocess(model: str, batch: int, repeat: int, checkpointing: bo
     (freed memory is not returned)."""
     code = (f"import bench, json, torch; print(json.dumps(bench.train_step_seconds({model!r}, "
             f"torch.device('cpu'), {batch}, {repeat}, {checkpointing})))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=HERE)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=HERE)
+    if out.returncode != 0:  # its traceback, not only "exit status 1"
+        raise RuntimeError(f"the training step failed in its own process:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -248,7 +252,8 @@ def loader_images_per_s(dataset: data.FrameDataset, batch: int, workers: int, pi
     first round (one batch per worker) carries the workers' start-up, so the clock starts when it
     is complete and counts the rounds after it."""
     sampler = data.make_sampler(dataset, shuffle=True, seed=0)
-    loader = data.make_loader(dataset, batch, sampler, workers, 0, pin_memory)
+    loader = data.make_loader(dataset, batch_size=batch, sampler=sampler, num_workers=workers, seed=0,
+                              pin_memory=pin_memory)
     arrivals = []
     for images, _, _ in loader:                                   # images: [batch, 3, 224, 224]
         arrivals.append((time.perf_counter(), len(images)))
@@ -517,7 +522,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     usage = "%(prog)s [--device cpu|cuda[:N]] [--parts LIST] [options] (--help: all)"
     parser = argparse.ArgumentParser(usage=usage, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
+                        help="cpu, cuda or cuda:N (default: cuda when there is a GPU)")
     parser.add_argument("--batch-size", type=positive_int, default=None,
                         help=f"default {train.TrainConfig().batch_size} (the paper's) on CUDA, 8 on CPU")
     parser.add_argument("--repeat", type=positive_int, default=None,

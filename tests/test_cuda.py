@@ -85,13 +85,9 @@ def test_ln_tuning_step_changes_only_layernorms_and_head():
                                   betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     images = random_images(8, CUDA)
     labels = torch.tensor([0, 1, 1, 1, 0, 1, 1, 1], device=CUDA)  # two of each class: slerp mixes both
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        features, logits = forward(images, labels, train.step_generator(cfg.seed, 0, 0))  # [8, 64], [8, 2]
-    loss, _ = train.objective(features, logits, labels, cfg)
-    assert torch.isfinite(loss).item()
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
+    parts = train.train_step(forward, optimizer, images, labels, shares=None, generator=train.step_generator(cfg.seed, 0),
+                             lr=cfg.lr, cfg=cfg, amp=True)  # bf16 autocast, as train.py on CUDA
+    assert torch.isfinite(parts["loss"]).item()
     changed = {name for name, p in detector.named_parameters() if not torch.equal(p.detach(), before[name])}
     assert changed == expected
 
@@ -126,13 +122,12 @@ try:
     optimizer = torch.optim.AdamW([p for p in detector.parameters() if p.requires_grad], lr=cfg.lr)
     images = torch.randn(8, 3, 224, 224, device=device)
     labels = torch.tensor([0, 1, 1, 1, 0, 1, 1, 1], device=device)
-    with torch.autocast("cuda", dtype=torch.bfloat16):
-        features, logits = model(images, labels, train.step_generator(cfg.seed, 0, 0))
-    loss, _ = train.objective(features, logits, labels, cfg)
-    loss.backward()  # DDP's all-reduce of the gradients goes through NCCL here
-    optimizer.step()
+    # shares: the torchrun path (features and labels gathered, flags all-reduced), through NCCL;
+    # the backward's gradient all-reduce goes through NCCL too
+    parts = train.train_step(model, optimizer, images, labels, shares=[8], generator=train.step_generator(cfg.seed, 0),
+                             lr=cfg.lr, cfg=cfg, amp=True)
     torch.cuda.synchronize()
-    print("loss", loss.item())
+    print("loss", parts["loss"].item())
 finally:
     dist.destroy_process_group()
 """
