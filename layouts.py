@@ -513,8 +513,10 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno is not None:  # name the file meant, not tmp
+            raise OSError(e.errno, e.strerror, str(path)) from None
         raise
 
 

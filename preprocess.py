@@ -881,6 +881,8 @@ def run_dataset(dataset: str, root, out="data", split: str | None = None,
     print(f"{name}: {len(videos)} videos in {root}{part}, {skipped} already done, "
           f"{skipped_failed} failed before (--retry-failed to redo), {len(jobs)} to process")
 
+    if jobs:  # a bad --landmarks file: one clear error here, not a broken pool of workers
+        load_face_models(landmarks)
     workers = max(1, min(workers or _cpu_count(), len(jobs) or 1))
     own = ds_dir / shard.failures_name
     done, failed = _process(jobs, workers, landmarks, name, root, failures, own)
@@ -1045,7 +1047,6 @@ def main(argv=None) -> int:
     again = "finished videos are kept; run the same command again to continue"
     try:
         with _sigterm_as_ctrl_c():
-            load_face_models(a.landmarks)  # fail early on a missing landmark file
             _run(a)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the video folders in flight never appear
         raise SystemExit(f"interrupted: {again}") from None

@@ -284,7 +284,7 @@ def test_atomic_write_concurrent_names(tmp_path, monkeypatch):
     for _ in range(2):
         with pytest.raises(OSError) as e:
             L.atomic_write(target, "new\n")
-        assert e.value.errno == errno.ENOSPC
+        assert e.value.errno == errno.ENOSPC and e.value.filename == str(target)
     monkeypatch.undo()
     assert target.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["index.csv"]
     assert len(set(names)) == 2 and all(n.startswith(".index.csv.") for n in names)

@@ -3,9 +3,15 @@ workers, shards, signals and a full disk. Most go through the real command line 
 subprocess: exit status, one-line message, no traceback)."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import cv2
@@ -163,8 +169,12 @@ def test_bad_command_lines_are_one_line_errors(tmp_path, capsys):
     (tmp_path / "taken").write_text("a file, not a folder")
     with pytest.raises(SystemExit, match="^error: .*taken"):
         P.main(common + ["--root", str(tmp_path / "mine"), "--out", str(tmp_path / "taken")])
-    with pytest.raises(SystemExit, match="expected a dlib shape predictor"):
+    with pytest.raises(ValueError, match="expected a dlib shape predictor"):
         P.load_face_models(str(tmp_path / "taken"))
+    with pytest.raises(SystemExit, match="^error: cannot load landmark model .*taken"):
+        P.main(common + ["--root", str(tmp_path / "mine"), "--landmarks", str(tmp_path / "taken")])
+    with pytest.raises(SystemExit, match="^error: landmark model not found"):
+        P.main(common + ["--root", str(tmp_path / "mine"), "--landmarks", str(tmp_path / "no.dat")])
 
 
 def test_no_arguments_scans_datasets_dir(tmp_path, monkeypatch, capsys):
@@ -192,3 +202,298 @@ def test_no_arguments_scans_datasets_dir(tmp_path, monkeypatch, capsys):
     assert "skipped cdfv2: cdfv2 at datasets/Celeb-DF-v2 has no split 'val'" in \
         capsys.readouterr().out
     assert (tmp_path / "data" / "cdfv2" / "failures.csv").is_file()
+
+
+# ----------------------------------------------------------------------------- the real command line
+
+REPO = Path(__file__).resolve().parent.parent
+NOT_SLURM = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+
+
+def cli(*args, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`python preprocess.py ARGS` as a user runs it (no SLURM variables unless given)."""
+    return subprocess.run([sys.executable, "preprocess.py", *map(str, args)], cwd=REPO,
+                          env={**NOT_SLURM, **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def one_line_error(r: subprocess.CompletedProcess, status: int = 1) -> str:
+    """The run failed with `status` and one message line, no traceback; returns that line."""
+    assert r.returncode == status, (r.returncode, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    return r.stderr.strip().splitlines()[-1]
+
+
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every output file below `folder` by relative path (not the lock, not the shards'
+    failure files, which are bookkeeping)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != ".lock" and not p.name.startswith("failures.shard-")}
+
+
+def children(pid: int) -> dict[int, str]:
+    """Processes whose parent is `pid`, with their state (Z = exited, not yet reaped)."""
+    found = {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        with contextlib.suppress(OSError):
+            fields = dict(line.split(":", 1) for line in status.read_text().splitlines())
+            if fields["PPid"].strip() == str(pid):
+                found[int(status.parent.name)] = fields["State"].strip()[0]
+    return found
+
+
+def alive(pid: int) -> bool:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
+    return False
+
+
+@pytest.fixture(scope="module")
+def small_folder(tmp_path_factory) -> Path:
+    """A `folder` dataset of eight tiny videos, two without a face (failures.csv not empty)."""
+    root = tmp_path_factory.mktemp("small")
+    for k in range(3):
+        U.write_video(root / "real" / f"r{k}.mp4", U.face_frames(2, (320, 240), seed=10 + k))
+        U.write_video(root / "fake" / f"f{k}.mp4", U.face_frames(2, (320, 240), seed=20 + k))
+    U.blank_video(root / "fake" / "blank.mp4", 2)
+    U.blank_video(root / "real" / "empty room.mp4", 2)
+    return root
+
+
+@pytest.fixture(scope="module")
+def six_copies(tmp_path_factory, face_video) -> Path:
+    """Six copies of the 640x480 face video (~1 s each): runs long enough to be signalled,
+    and every copy must give the same crops."""
+    root = tmp_path_factory.mktemp("six")
+    (root / "real").mkdir()
+    for k in range(6):
+        shutil.copy(face_video, root / "real" / f"v{k}.mp4")
+    return root
+
+
+@pytest.mark.parametrize("flag,value,says", [
+    ("--frames", "0", "--frames: expected a number > 0, got 0"),
+    ("--workers", "0", "--workers: expected a number > 0, got 0"),
+    ("--shard", "4/3", "--shard: expected K/N with N >= 1 and K = 0..N-1"),
+    ("--shard", "3/3", "K = 0..N-1 (the parts of --shard 0/4 ... 3/4 cover a dataset once), got 3/3"),
+    ("--shard", "x", "--shard: expected K/N"),
+])
+def test_bad_flags_stop_at_parse_time(tmp_path, flag, value, says):
+    r = cli("--dataset", "folder", "--root", tmp_path, "--out", tmp_path / "o", flag, value)
+    assert says in one_line_error(r, status=2)
+    assert not (tmp_path / "o").exists()
+
+
+def _listing_case(root: Path, case: str) -> str:
+    """A dataset whose listing file has one bad row; returns the dataset name."""
+    if case.startswith("cdfv2"):
+        for f in ("Celeb-real/a.mp4", "Celeb-synthesis/b.mp4", "YouTube-real/c.mp4"):
+            U.touch(root / f)
+        rows = {"cdfv2-swapped": "Celeb-real/a.mp4 1\nCeleb-synthesis/b.mp4 0\n",
+                "cdfv2-missing": "1 Celeb-real/a.mp4\n0 Celeb-synthesis/zzz.mp4\n"}
+        (root / "List_of_testing_videos.txt").write_text(rows[case])
+        return "cdfv2"
+    if case == "dfdc":
+        U.touch(root / "test" / "a.mp4")
+        (root / "test" / "labels.csv").write_text("filename,label\na.mp4,1\na2.mp4,REAL\n")
+        return "dfdc"
+    if case == "dfdcp":
+        U.touch(root / "original_videos" / "a.mp4")
+        (root / "dataset.json").write_text(json.dumps(
+            {"original_videos/a.mp4": {"label": "real", "set": "val"}}))
+        return "dfdcp"
+    U.ffpp_tree(root)
+    (root / "test.json").write_text('[["004", "005"], ["001", "006"]]')
+    return "ff++"
+
+
+@pytest.mark.parametrize("case,says", [
+    ("cdfv2-swapped", r"List_of_testing_videos.txt line 1: expected `<label> <folder>/<file>.mp4` "
+                      r"with label 0 or 1 .*got 'Celeb-real/a.mp4 1'"),
+    ("cdfv2-missing", r"List_of_testing_videos.txt line 2: .*Celeb-synthesis/zzz.mp4 does not exist"),
+    ("dfdc", r"labels.csv line 3: expected `<file>.mp4,<label>` with label 0 \(real\) or 1 "
+             r"\(fake\), got 'a2.mp4,REAL'"),
+    ("dfdcp", r'dataset.json entry "original_videos/a.mp4": expected \{"label": "real"\|"fake", '
+              r'"set": "train"\|"test"'),
+    ("ff++", r"test.json entry 2: id 001 is in train.json too"),
+])
+def test_bad_listing_row_is_one_line_and_keeps_outputs(tmp_path, case, says):
+    """A listing file row that does not parse stops the run before anything is written, with
+    the file and line; what earlier runs finished stays as it was."""
+    import re
+    dataset = _listing_case(tmp_path / "ds", case)
+    finished = tmp_path / "o" / dataset / "test" / "index.csv"
+    finished.parent.mkdir(parents=True)
+    finished.write_text("video_id,source,label,n_frames,path,file\n")
+    line = one_line_error(cli("--dataset", dataset, "--root", tmp_path / "ds",
+                              "--out", tmp_path / "o", "--workers", "1"))
+    assert line.startswith("error: ") and re.search(says, line), line
+    assert finished.read_text() == "video_id,source,label,n_frames,path,file\n"
+    assert sorted(p.name for p in finished.parent.parent.rglob("*")) == ["index.csv", "test"]
+
+
+def test_shards_give_the_files_of_one_run(small_folder, tmp_path, capsys):
+    """Three shards (the middle one a command in a SLURM array task, ids from 10) write the
+    same crops, meta.json, index.csv and failures.csv as one run; a shard run twice and the
+    closing run without --shard redo nothing."""
+    one, parts = tmp_path / "one", tmp_path / "parts"
+    args = ["--dataset", "folder", "--root", str(small_folder), "--workers", "1"]
+    assert P.main(args + ["--out", str(one)]) == 0
+    slurm = {"SLURM_ARRAY_TASK_ID": "11", "SLURM_ARRAY_TASK_MIN": "10",
+             "SLURM_ARRAY_TASK_MAX": "12", "SLURM_ARRAY_TASK_COUNT": "3"}
+    videos = P.list_videos("folder", small_folder)
+    capsys.readouterr()
+    for k in range(3):
+        if k == 1:
+            r = cli(*args, "--out", parts, env=slurm)
+            assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+            out = r.stdout
+            assert "shard 1/3 (from SLURM_ARRAY_TASK_ID=11 SLURM_ARRAY_TASK_MIN=10" in out
+        else:
+            assert P.main(args + ["--out", str(parts), "--shard", f"{k}/3"]) == 0
+            out = capsys.readouterr().out
+        mine = [v for v in videos if P.Shard(k, 3).owns((v.split, v.source, v.video_id))]
+        assert f"(shard {k}/3: {len(mine)} of 8), 0 already done" in out, out
+        assert (parts / "folder" / f"failures.shard-{k}-of-3.csv").exists() == \
+            any(v.video_id in ("blank", "empty room") for v in mine)
+    assert 0 < len(mine) < 8
+    ref = tree(one / "folder")
+    assert tree(parts / "folder") == ref
+    assert len(read_csv(one / "folder" / "failures.csv")) == 2
+    assert len(read_csv(one / "folder" / "test" / "index.csv")) == 6
+    stamps = {p: p.stat().st_mtime_ns for p in parts.rglob("meta.json")}
+    assert P.main(args + ["--out", str(parts), "--shard", "2/3"]) == 0
+    assert f"{len(mine)} videos in" in (out := capsys.readouterr().out) and "0 to process" in out
+    assert P.main(args + ["--out", str(parts)]) == 0
+    assert "6 already done, 2 failed before (--retry-failed to redo), 0 to process" in \
+        capsys.readouterr().out
+    assert tree(parts / "folder") == ref and not list(parts.rglob("failures.shard-*"))
+    assert {p: p.stat().st_mtime_ns for p in parts.rglob("meta.json")} == stamps
+
+
+def test_slurm_array_variables_pick_the_shard():
+    env = {"SLURM_ARRAY_TASK_ID": "11", "SLURM_ARRAY_TASK_MIN": "10",
+           "SLURM_ARRAY_TASK_COUNT": "3"}
+    assert P.shard_from_env(env)[0] == P.Shard(1, 3)
+    assert P.shard_from_env({}) is None
+    assert P.shard_from_env({"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "16"})[0] == \
+        P.Shard(0, 16)
+    # --array=4-10:2 -> ids 4, 6, 8, 10 -> shards 0..3 of 4 (no COUNT: from MAX)
+    assert P.shard_from_env({"SLURM_ARRAY_TASK_ID": "8", "SLURM_ARRAY_TASK_MIN": "4",
+                             "SLURM_ARRAY_TASK_MAX": "10", "SLURM_ARRAY_TASK_STEP": "2"})[0] == \
+        P.Shard(2, 4)
+    with pytest.raises(ValueError, match="SLURM_ARRAY_TASK_ID=9 .*pass --shard K/N"):
+        P.shard_from_env({"SLURM_ARRAY_TASK_ID": "9", "SLURM_ARRAY_TASK_MIN": "1",
+                          "SLURM_ARRAY_TASK_COUNT": "3"})  # --array=1,4,9
+    # the split is by (split, source, video id) alone: stable, and every video in one shard
+    keys = [("test", "real", f"v{i}") for i in range(300)]
+    counts = [sum(P.Shard(k, 4).owns(key) for key in keys) for k in range(4)]
+    assert sum(counts) == 300 and min(counts) > 50
+    assert [P.Shard(k, 4).owns(("train", "youtube", "000")) for k in range(4)] == \
+        [False, False, False, True]  # sha1-based: the same on every machine and Python
+
+
+def test_sigterm_stops_cleanly_and_the_rerun_finishes(six_copies, tmp_path):
+    """SIGTERM (a scheduler's time limit) stops like Ctrl-C: one line, status 1, the videos in
+    flight finished, no half folder; the rerun does only the rest and every copy of the video
+    gives the same crops."""
+    out = tmp_path / "o"
+    real = out / "folder" / "test" / "real"
+    cmd = [sys.executable, "preprocess.py", "--dataset", "folder", "--root", str(six_copies),
+           "--out", str(out), "--workers", "2", "--frames", "4"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=NOT_SLURM, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not list(real.glob("*/meta.json")) and time.time() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == \
+        "interrupted: finished videos are kept; run the same command again to continue"
+    kept = {p.name: (p / "meta.json").stat().st_mtime_ns for p in real.iterdir()}
+    assert all(not name.startswith(".") for name in kept)  # no temporary folder left
+    assert 1 <= len(kept) <= 5 and not (out / "folder" / "failures.csv").exists()
+    r = cli(*cmd[2:], "--workers", "1")  # the same command (one worker: cheaper here)
+    assert r.returncode == 0, r.stderr
+    assert f"{len(kept)} already done, 0 failed before (--retry-failed to redo), " \
+           f"{6 - len(kept)} to process" in r.stdout
+    assert {n: (real / n / "meta.json").stat().st_mtime_ns for n in kept} == kept
+    crops = {p.name: tree(p) for p in real.iterdir()}
+    metas = {n: json.loads(c.pop("meta.json")) for n, c in crops.items()}
+    assert len(crops) == 6 and len(crops["v0"]) == 4
+    assert all(c == crops["v0"] for c in crops.values())
+    assert all(m["frames"] == metas["v0"]["frames"] for m in metas.values())
+    assert len(read_csv(out / "folder" / "test" / "index.csv")) == 6
+
+
+def test_sigkill_leaves_no_orphan_workers(six_copies, tmp_path):
+    """kill -9 of the main process (OOM killer, closed SSH session): its pool workers and the
+    multiprocessing resource tracker exit within seconds instead of processing on."""
+    cmd = [sys.executable, "preprocess.py", "--dataset", "folder", "--root", str(six_copies),
+           "--out", str(tmp_path / "o"), "--workers", "2"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=NOT_SLURM, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while len(children(proc.pid)) < 3 and time.time() < deadline:  # tracker + 2 workers
+        time.sleep(0.05)
+    time.sleep(0.5)  # the workers are loading models or processing videos
+    kids = children(proc.pid)
+    assert len(kids) >= 3, kids
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 8
+    while any(alive(pid) for pid in kids) and time.time() < deadline:
+        time.sleep(0.1)
+    left = [pid for pid in kids if alive(pid)]
+    for pid in left:  # do not leave them to the other tests
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"orphans still running after the main process was killed: {left}"
+
+
+def test_full_disk_is_one_line_and_leaves_nothing_half_written(small_folder, tmp_path,
+                                                                monkeypatch):
+    """No space left while writing crops, then index.csv: one line each time, no temporary
+    folder or file, no video recorded as failed for it, and the rerun finishes the rest
+    without redoing a finished video."""
+    import errno
+    import layouts as L
+    out = tmp_path / "o"
+    args = ["--dataset", "folder", "--root", str(small_folder), "--out", str(out),
+            "--workers", "1", "--split", "test"]
+    calls, save = [], P._save
+
+    def full_disk_at_5th(path, data):
+        calls.append(path)
+        if len(calls) == 5:  # the second video's second crop
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        save(path, data)
+    monkeypatch.setattr(P, "_save", full_disk_at_5th)
+    with pytest.raises(SystemExit) as e:
+        P.main(args)
+    assert str(e.value) == f"error: no space left on device (writing {calls[-1]}); free some " \
+        "space: finished videos are kept; run the same command again to continue"
+    ds = out / "folder"
+    folders = [p for p in ds.rglob("*") if p.is_dir() and p.parent.parent.name == "test"]
+    assert len(folders) == 1 and (folders[0] / "meta.json").is_file()
+    assert not [p for p in ds.rglob(".*") if p.name != ".lock"]
+    assert not (ds / "failures.csv").exists() or \
+        calls[-1].parent.name[len(".tmp-"):] not in (ds / "failures.csv").read_text()
+    monkeypatch.setattr(P, "_save", save)
+    stamp = (folders[0] / "meta.json").stat().st_mtime_ns
+
+    real_write = L.atomic_write
+
+    def index_disk_full(path, data):
+        if Path(path).name == "index.csv":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real_write(path, data)
+    monkeypatch.setattr(L, "atomic_write", index_disk_full)
+    with pytest.raises(SystemExit, match=r"^error: no space left on device \(writing .*index.csv\)"):
+        P.main(args)
+    assert not (ds / "test" / "index.csv").exists()
+    assert not [p for p in ds.rglob(".*") if p.name != ".lock"]
+    monkeypatch.setattr(L, "atomic_write", real_write)
+    assert P.main(args) == 0
+    assert len(read_csv(ds / "test" / "index.csv")) == 6
+    assert (folders[0] / "meta.json").stat().st_mtime_ns == stamp
