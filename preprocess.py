@@ -3,9 +3,12 @@ the paper's numbers were made with.
 
     python preprocess.py                                  # every dataset found under datasets/
     python preprocess.py --dataset ff++ --root datasets/FaceForensics++ --workers 8
+    python preprocess.py --dataset ff++ --root datasets/FaceForensics++ --shard 3/16  # 0..15
 
 Output: <out>/<dataset>/<split>/<source>/<video_id>/<frame_index>.png + meta.json per video,
-<out>/<dataset>/<split>/index.csv per split, <out>/<dataset>/failures.csv.
+<out>/<dataset>/<split>/index.csv per split, <out>/<dataset>/failures.csv. Shards (--shard K/N,
+or a SLURM array task) write into the same tree, their failures to failures.shard-K-of-N.csv;
+every run ends by rewriting index.csv and failures.csv for the whole dataset from the disk.
 
 The crop protocol is the reference one (dlib HOG detector, 68-point landmarks, five keypoints,
 least-squares similarity transform onto the 5-point template, warpAffine to SxS, re-detection

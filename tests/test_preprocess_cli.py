@@ -204,7 +204,7 @@ def test_no_arguments_scans_datasets_dir(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "data" / "cdfv2" / "failures.csv").is_file()
 
 
-# ----------------------------------------------------------------------------- the real command line
+# ------------------------------------------------------------------------ the real command line
 
 REPO = Path(__file__).resolve().parent.parent
 NOT_SLURM = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
@@ -275,7 +275,8 @@ def six_copies(tmp_path_factory, face_video) -> Path:
     ("--frames", "0", "--frames: expected a number > 0, got 0"),
     ("--workers", "0", "--workers: expected a number > 0, got 0"),
     ("--shard", "4/3", "--shard: expected K/N with N >= 1 and K = 0..N-1"),
-    ("--shard", "3/3", "K = 0..N-1 (the parts of --shard 0/4 ... 3/4 cover a dataset once), got 3/3"),
+    ("--shard", "3/3", "K = 0..N-1 (the parts of --shard 0/4 ... 3/4 cover a dataset once), "
+                       "got 3/3"),
     ("--shard", "x", "--shard: expected K/N"),
 ])
 def test_bad_flags_stop_at_parse_time(tmp_path, flag, value, says):
