@@ -755,6 +755,7 @@ class PredictionsCSV:
         except OSError as e:
             raise cannot_write(path, e) from None
         self.writer = csv.DictWriter(self.file, fieldnames=list(row(Path())))
+        self.rows = 0  # on disk
         self.write_rows(None)
 
     def write_rows(self, rows: list[dict] | None) -> None:
@@ -764,6 +765,7 @@ class PredictionsCSV:
             self.file.flush()
         except OSError as e:
             raise cannot_write(self.path, e) from None
+        self.rows += len(rows or [])
 
     def close(self) -> None:
         with contextlib.suppress(OSError):  # every row was flushed (or its error raised) already
@@ -787,7 +789,7 @@ def score_files(args) -> list[dict]:
     finally:
         if saved:
             saved.close()
-            print(f"{len(rows)} row(s) written to {saved.path}")
+            print(f"{saved.rows} row(s) written to {saved.path}")
     return rows
 
 
