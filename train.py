@@ -717,12 +717,12 @@ def _train(cfg: TrainConfig, procs: Processes, stop: StopSignals) -> clip_vit.De
             f"device {procs.device}" + (f"; resuming at step {run.step}" if run.step else "")
             + (f"; val AUROC undefined: {val_note}, best.pt = latest epoch" if val_note else ""))
     completed = True
-    while run.step < run.total_steps and completed:
-        epoch = run.step // run.steps_per_epoch
-        completed = train_epoch(run, train_set, order, workers, stop)
-        if run.step % run.steps_per_epoch == 0:  # the epoch is complete
-            end_epoch(run, epoch, val_videos, val_note, workers)
-    run.bar.close()
+    with run.bar:  # closed before any message of an exception
+        while run.step < run.total_steps and completed:
+            epoch = run.step // run.steps_per_epoch
+            completed = train_epoch(run, train_set, order, workers, stop)
+            if run.step % run.steps_per_epoch == 0:  # the epoch is complete
+                end_epoch(run, epoch, val_videos, val_note, workers)
     if procs.main:
         print(f"{'stopped' if run.step < run.total_steps else 'done'} at step {run.step}/{run.total_steps}: {run.dir}",
               flush=True)
