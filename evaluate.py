@@ -124,16 +124,25 @@ class ZeroShotCLIP(nn.Module):
         return self.clip.logit_scale.exp().float() * image @ self.text.t()   # [N, 2]
 
 
+def load_tokenizer(bpe: str | None) -> clip_vit.Tokenizer:
+    """CLIP's tokenizer from --bpe (None: downloaded once, cached); ValueError naming the file."""
+    try:
+        return clip_vit.Tokenizer(bpe)
+    except (ValueError, OSError, EOFError, RuntimeError) as e:  # missing, not gzip, cut short, offline
+        what = f"--bpe {bpe}" if bpe else "CLIP's BPE vocabulary"
+        raise ValueError(f"cannot read {what} (expected CLIP's bpe_simple_vocab_16e6.txt.gz): {e}") from None
+
+
 def load_zero_shot(args) -> tuple[nn.Module, str, str]:
     """(zero-shot CLIP, a label for tables, the default output folder)."""
     name = args.clip or "ViT-L/14"
+    tokenizer = load_tokenizer(args.bpe)  # first: a bad --bpe is said before minutes of loading
     try:
         clip = clip_vit.tiny_clip() if name == "tiny" else clip_vit.load(name, device="cpu")
-        tokenizer = clip_vit.Tokenizer(args.bpe) if args.bpe else None  # None: download, cached
         model = ZeroShotCLIP(clip.float(), tuple(args.prompts), tokenizer)
     except (ValueError, OSError, RuntimeError) as e:  # offline, wrong file, prompt too long
         raise ValueError(f"cannot load CLIP {name} for --zero-shot: {e} "
-                         f"(evaluate.py takes the files as --clip PATH and --bpe PATH)") from None
+                         f"(evaluate.py takes the file as --clip PATH)") from None
     tag = Path(name).stem if os.path.exists(name) else name.replace("/", "-")
     print(f"model: zero-shot CLIP {name}, prompts {args.prompts}")
     return model, f"zero-shot CLIP {name}", str(Path("eval") / f"zero-shot-{tag}")
@@ -219,11 +228,27 @@ def distributed(args):
         sys.stdout, sys.stderr = open(os.devnull, "w"), ErrorsOnly(sys.stderr)
     try:
         yield
+    except RuntimeError as e:  # a collective whose peer died: rank 0 or another rank says why
+        if args.rank == 0:
+            raise
+        raise SystemExit(f"error: rank {args.rank} stopped, most likely because another rank failed "
+                         f"(see its error): {str(e).splitlines()[0][:160]}") from None
     finally:
         if args.rank > 0:
             sys.stdout.close()
         sys.stdout, sys.stderr = stdout, stderr
         dist.destroy_process_group()
+
+
+def load_model_in_turn(args, benchmark: bool) -> tuple[nn.Module, str, str]:
+    """load_model; under torchrun rank 0 first (it downloads what is missing), then the others
+    from the cache, rather than every rank downloading the same files at once."""
+    if args.world > 1 and args.rank > 0:
+        dist.barrier()
+    loaded = load_model(args, benchmark)
+    if args.world > 1 and args.rank == 0:
+        dist.barrier()
+    return loaded
 
 
 def score_frames(model: nn.Module, items: list, args, desc: str) -> np.ndarray:
@@ -606,7 +631,7 @@ def load_benchmarks(args) -> tuple[dict, dict[str, Path], list[str], dict[str, s
 
 def run_benchmarks(args) -> dict:
     videos, found, missing, failed = load_benchmarks(args)
-    model, label, default_out = load_model(args, benchmark=True)
+    model, label, default_out = load_model_in_turn(args, benchmark=True)
     out = Path(args.out or default_out)
     results = {}
     for d in videos:

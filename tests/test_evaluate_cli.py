@@ -154,15 +154,21 @@ def test_bad_data_and_file_arguments(split, finished, tmp_path, tiny_ckpt):
     (broken / "cdfv2" / "test" / "index.csv").write_text(
         ",".join(layouts.INDEX_FIELDS) + "\na,Celeb-real,0,1,Celeb-real/a,a.mp4\nb,Celeb-real,real,1,x,b.mp4\n")
     (split / "cdfv2" / "test" / "Celeb-synthesis" / "c" / "2.png").write_bytes(b"\x89PNG cut short")
+    (tmp_path / "bpe.txt.gz").write_text("not gzip")
     before = snapshot(finished)
-    common = ["--checkpoint", tiny_ckpt, "--out", finished, "--workers", 0]
-    index, crop, video = run_cli(["--dataset", "cdfv2", "--data", broken, *common],
-                                 ["--dataset", "cdfv2", "--data", split, *common],
-                                 ["--video", tmp_path / "nope.mp4", *common])
+    common = ["--out", finished, "--workers", 0]
+    index, crop, video, bpe = run_cli(
+        ["--dataset", "cdfv2", "--data", broken, "--checkpoint", tiny_ckpt, *common],
+        ["--dataset", "cdfv2", "--data", split, "--checkpoint", tiny_ckpt, *common],
+        ["--video", tmp_path / "nope.mp4", "--checkpoint", tiny_ckpt, *common],
+        ["--dataset", "cdfv2", "--data", split, "--zero-shot", "--clip", "tiny", "--bpe", tmp_path / "bpe.txt.gz",
+         *common])
     assert_one_line_error(index, f"{broken / 'cdfv2' / 'test' / 'index.csv'} line 3",
                           "label 0 or 1", "python preprocess.py --dataset cdfv2")
     assert_one_line_error(crop, "cannot be read", "Celeb-synthesis/c/2.png", "re-run preprocess.py")
     assert_one_line_error(video, f"{tmp_path / 'nope.mp4'}: file not found")
+    assert_one_line_error(bpe, f"cannot read --bpe {tmp_path / 'bpe.txt.gz'} (expected CLIP's bpe_simple_vocab",
+                          "Not a gzipped file")
     assert snapshot(finished) == before
 
 
