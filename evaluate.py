@@ -231,8 +231,8 @@ def distributed(args):
     except RuntimeError as e:  # a collective whose peer died: rank 0 or another rank says why
         if args.rank == 0:
             raise
-        raise SystemExit(f"error: rank {args.rank} stopped, most likely because another rank failed "
-                         f"(see its error): {str(e).splitlines()[0][:160]}") from None
+        raise ConnectionError(f"rank {args.rank} stopped, most likely because another rank failed "
+                              f"(see its error): {str(e).splitlines()[0][:160]}") from None
     finally:
         if args.rank > 0:
             sys.stdout.close()
