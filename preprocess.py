@@ -205,7 +205,8 @@ def reference_crop(frame: np.ndarray, models: FaceModels, size: int = 256,
     return FaceCrop(0, crop, box, keypoints, float(scores[i]), matrix)
 
 
-Detection = tuple[tuple[float, float, float, float], float]  # box (frame pixels), score
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in frame pixels
+Detection = tuple[Box, float]            # box, detector score
 
 REGION_FACE_PX = 110  # a tracked face's region is resized so the face is this wide (HOG: 80)
 REGION_MARGIN = 1.5   # box sizes added on each side of a tracked face's last box
@@ -228,7 +229,7 @@ def _resize(image: np.ndarray, factor: float) -> np.ndarray:
                       interpolation=inter)
 
 
-def search_near(frame: np.ndarray, box, models: FaceModels) -> list[Detection]:
+def search_near(frame: np.ndarray, box: Box, models: FaceModels) -> list[Detection]:
     """Faces in the region around a tracked face's last box (REGION_MARGIN box sizes on each
     side, clipped to the frame), resized so that a face of that box's size is REGION_FACE_PX
     wide: comfortably above HOG's 80 px window at upsample 0, whatever the face's size."""
@@ -248,7 +249,7 @@ def _iou(a, b) -> float:
     return inter / max(_area(a) + _area(b) - inter, 1e-9)
 
 
-def _search_tracked(frame: np.ndarray, tracked: list, models: FaceModels) -> list[Detection]:
+def _search_tracked(frame: np.ndarray, tracked: list[Box], models: FaceModels) -> list[Detection]:
     """Every tracked face searched in its region; [] unless each one is found there (a face
     of similar size, see _link), so that a face that moved away sends the frame to the full
     search. Overlapping regions find a face twice: the better-scored box is kept."""
@@ -266,7 +267,7 @@ def _search_tracked(frame: np.ndarray, tracked: list, models: FaceModels) -> lis
 
 
 def detect_faces(frame: np.ndarray, models: FaceModels, detect_side: int = 640,
-                 tracked: list | None = None) -> list[Detection]:
+                 tracked: list[Box] | None = None) -> list[Detection]:
     """Face boxes (frame pixels) and scores, from the first search level that finds any: a copy
     downscaled to `detect_side` on its longest side (faces >= 80 px there); then, when faces
     are `tracked` (their boxes in an earlier frame), the region around each one (search_near);
