@@ -892,7 +892,7 @@ def _authors_normalize(config: dict, sizes: dict, path: str | os.PathLike) -> bo
     tower = (sizes["width"], sizes["layers"], sizes["patch_size"], sizes["input_resolution"])
     described = f"a ViT of width {tower[0]}, {tower[1]} blocks, {tower[2]}-px patches, {tower[3]} px input"
     backbone = config.get("backbone")
-    if backbone is not None and backbone not in CLIP_BACKBONES:
+    if backbone is not None and (not isinstance(backbone, str) or backbone not in CLIP_BACKBONES):
         raise _refusal(path, "backbone", backbone, f"is not a CLIP ViT image tower, the only kind this project "
                                                    f"builds ({list(CLIP_BACKBONES)})")
     if backbone is not None and CLIP_BACKBONES[backbone] != tower:
