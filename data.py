@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import random
+import signal
 import warnings
 from functools import partial
 from pathlib import Path
@@ -28,7 +29,6 @@ import cv2
 import numpy as np
 import torch
 import torchvision.transforms.v2 as T
-from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
 from tqdm import tqdm
 
@@ -195,7 +195,17 @@ class GlobalBatchSampler(Sampler[list[int]]):
         return max(math.ceil(len(self.sampler) / self.batch_size) - self.skip, 0)
 
 
+def shield_worker(worker_id: int = 0) -> None:
+    """A loader worker ignores SIGINT and SIGTERM. Ctrl-C and a cluster's SIGTERM reach every process
+    of the job; a worker killed by them would make its loader raise in the main process before that
+    can stop cleanly (train.py first writes last.pt). The main process shuts its workers down, and
+    should it die, torch's workers see their parent gone within ~5 s."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def seed_worker(worker_id: int) -> None:
+    shield_worker()
     # torch seeds each worker (base seed + id); python and numpy get the same seed, so any
     # transform that uses them is reproducible too
     s = torch.initial_seed() % 2**32
@@ -254,7 +264,7 @@ def predict(model: torch.nn.Module, items: list, device: torch.device, batch_siz
     was_training = model.training
     model.eval()
     loader = DataLoader(Crops(items), batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", worker_init_fn=shield_worker)
     out, readable = [], []
     for images, ok in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -324,6 +334,8 @@ def compute_metrics(labels, scores, threshold: float = 0.5) -> dict:
         out["undefined"] = (f"only {only} samples ({labels.size}): AUROC, AP and EER need both "
                             f"real and fake samples")
         return out
+    # imported here: scikit-learn costs a quarter of every command's start-up (bad-flag errors included)
+    from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
     fpr, tpr, _ = roc_curve(labels, scores, drop_intermediate=False)
     out["auroc"] = float(roc_auc_score(labels, scores))
     out["ap"] = float(average_precision_score(labels, scores))

@@ -140,12 +140,14 @@ def one_thread():
 
 def test_sigterm_writes_last_pt_and_the_resumed_run_is_bitwise_identical(tree, tmp_path, one_thread):
     args = ["--data", str(tree), "--out", str(tmp_path), *FAST, "--epochs", "2", "--no-val"]
-    process = start(*args, "--name", "cut")
+    # with loader workers, in a process group of its own: the signal reaches the workers too (as a
+    # cluster's SIGTERM does); they ignore it and train.py stops cleanly
+    process = start(*args, "--name", "cut", "--workers", "2", start_new_session=True)
     log = tmp_path / "cut" / "log.jsonl"
     deadline = time.time() + 120
     while not (log.is_file() and log.read_text().strip()) and process.poll() is None and time.time() < deadline:
         time.sleep(0.02)
-    process.send_signal(signal.SIGTERM)
+    os.killpg(process.pid, signal.SIGTERM)
     status, _, err = finish(process)
     step = torch.load(tmp_path / "cut" / "last.pt", weights_only=True)["step"]
     assert status == 128 + signal.SIGTERM and 1 <= step < 10, (status, step, err[-2000:])
@@ -182,21 +184,24 @@ def running(pid: int) -> bool:
 def test_loader_workers_exit_when_train_py_is_killed(tree, tmp_path):
     process = start("--data", str(tree), "--out", str(tmp_path), *FAST, "--workers", "2", "--epochs", "500",
                     "--no-val", "--name", "killed", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    log = tmp_path / "killed" / "log.jsonl"
-    deadline = time.time() + 120
-    while not (log.is_file() and log.read_text().strip()) and process.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    workers = children(process.pid)
-    assert len(workers) >= 2 and process.poll() is None, workers
-    process.kill()
-    process.wait()
-    deadline = time.time() + 10  # torch's workers check their parent every 5 s
-    while any(running(w) for w in workers) and time.time() < deadline:
-        time.sleep(0.1)
-    alive = [w for w in workers if running(w)]
-    for w in alive:
-        os.kill(w, signal.SIGKILL)
-    assert not alive
+    log, workers = tmp_path / "killed" / "log.jsonl", []
+    try:
+        deadline = time.time() + 120
+        while not (log.is_file() and log.read_text().strip()) and process.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        workers = children(process.pid)
+        assert len(workers) >= 2 and process.poll() is None, workers
+        process.kill()
+        process.wait()
+        deadline = time.time() + 10  # torch's workers check their parent every 5 s
+        while any(running(w) for w in workers) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not [w for w in workers if running(w)], "loader workers outlived the killed train.py"
+    finally:
+        process.kill()
+        for w in workers:
+            if running(w):
+                os.kill(w, signal.SIGKILL)
 
 
 def test_validation_that_cannot_rank_still_writes_best_pt_and_says_why(make_tree, tmp_path):
