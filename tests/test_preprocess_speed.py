@@ -99,3 +99,21 @@ def test_face_lost_or_entering(models):
     assert people[0][4].box[2] - people[0][4].box[0] > 120
     for crop, ref in zip(people[0], refs):
         assert np.abs(crop.keypoints - ref.keypoints).max() <= 1.0, crop.frame
+
+
+def test_frontal_detector_cache(tmp_path, monkeypatch):
+    """dlib's built-in detector is saved once into the cache and loaded from there (identical
+    detections); a damaged cache file is decoded again and replaced."""
+    import dlib
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    built_in = P.frontal_detector()  # no cache yet: dlib's own, decoded
+    cached = tmp_path / "dlib" / f"frontal_face_detector-{dlib.__version__}.svm"
+    assert cached.is_file()
+    frame = U.face_frames(1)[0]
+    want = built_in.run(frame, 0, 0.0)
+    got = P.frontal_detector().run(frame, 0, 0.0)  # from the cache file
+    assert len(want[0]) == 1 and [str(r) for r in got[0]] == [str(r) for r in want[0]]
+    assert np.allclose(got[1], want[1])
+    cached.write_bytes(b"damaged")
+    assert len(P.frontal_detector()(frame, 0)) == 1
+    assert cached.stat().st_size > 1000
