@@ -403,12 +403,12 @@ def bottleneck(results: dict, device: torch.device) -> dict:
     compute = "gpu" if device.type == "cuda" else "cpu"
     if d["loader_images_per_s"] >= step_ips:
         return {"limited_by": compute, "workers_needed": None,
-                "verdict": f"{compute.upper()}: the training step takes {step_ips:.0f} images/s, the loader "
+                "verdict": f"{compute.upper()}: the training step takes {step_ips:.3g} images/s, the loader "
                            f"gives {d['loader_images_per_s']:.0f} with {d['workers']} workers"}
     per_worker = d["loader_images_per_s_per_worker"]
     needed, cpus = math.ceil(step_ips / per_worker), os.cpu_count() or 1
     verdict = (f"loader: {d['loader_images_per_s']:.0f} images/s with {d['workers']} workers < the training step's "
-               f"{step_ips:.0f}; it needs ~{needed} workers at {per_worker:.0f} images/s each")
+               f"{step_ips:.3g}; it needs ~{needed} workers at {per_worker:.3g} images/s each")
     if needed > cpus:
         verdict += f" (more than the {cpus} CPUs here)"
     return {"limited_by": "loader", "workers_needed": needed, "verdict": verdict}
@@ -480,7 +480,7 @@ def table(results: dict) -> str:
         rows.append(f"| bottleneck | {b['verdict']} |")
     if r := results.get("recipe"):
         rows.append(f"| paper recipe ({r['model']}, {r['epochs']} epochs x {r['frames_per_epoch']:,} frames) | "
-                    f"{results['recipe_minutes']:.0f} min at {r['images_per_s']:.1f} images/s ({r['limited_by']}) |")
+                    f"{results['recipe_minutes']:,.0f} min at {r['images_per_s']:.3g} images/s ({r['limited_by']}) |")
     if p := results.get("preprocess"):
         rows += preprocess_rows(p)
     return "\n".join(rows)
