@@ -203,9 +203,14 @@ def _area(box) -> float:
 
 def has_face(crop: np.ndarray, models: FaceModels) -> bool:
     """The reference re-detects a face inside the crop (upsample 1) and drops the frame if
-    none. Upsample 0 finds the crop's face in almost every case at a quarter of the cost; only
-    when it does not, upsample 1 decides, as in the reference."""
-    return bool(len(models.detector(crop, 0)) or len(models.detector(crop, 1)))
+    none. The aligned face fills the crop, so HOG finds it on a 9/16 copy at upsample 0 (one of
+    the scales the reference's upsample-1 pyramid scans) in almost every case at a third of the
+    cost; only when it does not, the full crop at upsample 0 and then upsample 1 decide, as in
+    the reference."""
+    side = crop.shape[0] * 9 // 16
+    small = cv2.resize(crop, (side, side), interpolation=cv2.INTER_AREA)  # [S*9/16, S*9/16, 3]
+    return bool(len(models.detector(small, 0)) or len(models.detector(crop, 0))
+                or len(models.detector(crop, 1)))
 
 
 def reference_crop(frame: np.ndarray, models: FaceModels, size: int = 256,
