@@ -385,18 +385,20 @@ def check_torch_file(path: str | os.PathLike, negation: str, fix: str) -> str:
 
 
 def torch_load(path: str | os.PathLike, negation: str, fix: str, **kwargs) -> Any:
-    """torch.load to the CPU of a file check_torch_file passed: every failure is one ValueError."""
+    """check_torch_file, then torch.load to the CPU: every failure is one ValueError. A TorchScript
+    archive is refused: OpenAI's CLIP weights are the only ones this project reads (read_state_dict)."""
+    if check_torch_file(path, negation, fix) == "torchscript":
+        raise ValueError(f"{path} is {negation}: a TorchScript archive (OpenAI's CLIP weights, or the authors' "
+                         f"model.torchscript?); {fix}")
     try:
         return torch.load(path, map_location="cpu", **kwargs)
     except RefusedPickle as e:
         raise ValueError(f"{path}: {e}") from None
-    except pickle.UnpicklingError as e:
-        if kwargs.get("weights_only") and "Unsupported global" in str(e):
+    except Exception as e:  # torch's many ways of saying the bytes are damaged: EOFError, RuntimeError, OSError 22
+        if "Unsupported global" in str(e):  # weights_only=True met a pickled object
             reason = next(line for line in str(e).splitlines() if "Unsupported global" in line).strip()
             raise ValueError(f"{path} is {negation}: it holds pickled Python objects besides tensors "
                              f"({reason}); {fix}") from None
-        raise ValueError(f"{path} is truncated or corrupt ({_first_line(e)}); {fix}") from None
-    except Exception as e:  # torch's many ways of saying the bytes are damaged: EOFError, RuntimeError, OSError 22
         raise ValueError(f"{path} is truncated or corrupt ({type(e).__name__}: {_first_line(e)}); {fix}") from None
 
 
@@ -664,10 +666,8 @@ def save_checkpoint(path: str | os.PathLike, detector: DeepfakeDetector, config:
 def load_checkpoint(path: str | os.PathLike) -> dict:
     """This project's checkpoint (best.pt / last.pt); weights_only=True, so nothing in the file can run code.
     A missing file is FileNotFoundError; an empty, truncated, corrupt or foreign one one ValueError."""
-    negation = "not a checkpoint of this project"
-    if check_torch_file(path, negation, CHECKPOINT_FIX) == "torchscript":
-        raise ValueError(f"{path} is {negation}: a TorchScript archive (OpenAI's CLIP weights?); {CHECKPOINT_FIX}")
-    return _checked_checkpoint(torch_load(path, negation, CHECKPOINT_FIX, weights_only=True), path)
+    ckpt = torch_load(path, "not a checkpoint of this project", CHECKPOINT_FIX, weights_only=True)
+    return _checked_checkpoint(ckpt, path)
 
 
 def _checked_checkpoint(ckpt: Any, path: str | os.PathLike) -> dict:
@@ -942,9 +942,6 @@ def read_authors_checkpoint(path: str | os.PathLike, fix: str = AUTHORS_FIX) -> 
     """The authors' Lightning model.ckpt -> {"state_dict": OpenAI-named visual tensors + `head.*`,
     "normalize": whether their head L2-normalises}, read for what its tensors and hyper_parameters say
     without their code and without running anything pickled in it (see RestrictedUnpickler)."""
-    if check_torch_file(path, NEITHER, fix) == "torchscript":
-        raise ValueError(f"{path} is {NEITHER}: a TorchScript archive (their model.torchscript, or OpenAI's CLIP "
-                         f"weights?); {fix}")
     ckpt = torch_load(path, NEITHER, fix, weights_only=False, pickle_module=_RestrictedPickleModule)
     sd = _authors_tensors(ckpt, path, fix)
     config = _plain(ckpt.get("hyper_parameters") or {})
@@ -971,16 +968,12 @@ def load_detector(source: str | os.PathLike, clip: str | None = None, device: st
     if str(source) == "authors":
         source = download(AUTHORS_URL, download_root)
         fix = f"delete {source} and load 'authors' again to download it afresh"
-    if check_torch_file(source, NEITHER, fix) == "torchscript":
-        raise ValueError(f"{source} is {NEITHER}: a TorchScript archive (the authors' model.torchscript, or "
-                         f"OpenAI's CLIP weights?); {fix}")
     ckpt = _read_if_ours(source)
     if ckpt is None:
         authors = read_authors_checkpoint(source, fix)  # a clear error when it is not that either
-        sd = dict(authors["state_dict"])
-        head = {k[len("head."):]: sd.pop(k).float() for k in ("head.weight", "head.bias")}
+        sd = authors["state_dict"]
         detector = DeepfakeDetector(build_visual(sd), normalize=authors["normalize"])
-        detector.head.load_state_dict(head)
+        detector.head.load_state_dict({"weight": sd["head.weight"], "bias": sd["head.bias"]})  # copied to fp32
         return detector.to(device).eval()
     ckpt = _checked_checkpoint(ckpt, source)
     clip = clip or ckpt["config"]["clip"]
