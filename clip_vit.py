@@ -271,7 +271,7 @@ def build_detector(clip: str, normalize: bool = True, device: str | torch.device
     if clip == "tiny":
         visual = tiny_visual()
     else:
-        visual = build_visual(read_clip_weights(_model_file(clip, download_root), text=False))
+        visual = build_visual(read_clip_weights(clip, download_root, text=False))
     return DeepfakeDetector(visual, normalize).to(device)
 
 
@@ -472,31 +472,21 @@ def download(url: str, root: str | os.PathLike | None = None, sha256: str | None
     return target
 
 
-def _model_file(name_or_path: str, download_root: str | os.PathLike | None) -> Path:
-    if name_or_path in MODELS:
-        sha, _ = MODELS[name_or_path].split("/")
-        return download(f"{OPENAI_URL}/{MODELS[name_or_path]}", download_root, sha256=sha)
-    if os.path.exists(name_or_path):
-        return Path(name_or_path)  # read_state_dict says what is wrong with a folder or a damaged file
-    if Path(name_or_path).suffix in (".pt", ".pth", ".bin", ".ckpt"):  # meant as a file
-        raise FileNotFoundError(f"{name_or_path}: no such file; {OPENAI_FIX}")
-    raise ValueError(f"unknown CLIP model {name_or_path!r}: expected one of {list(MODELS)} or a path to a file")
-
-
 OPENAI_FIX = ("pass OpenAI's CLIP weights: a model name such as ViT-L/14 (downloaded and checked) or the path of "
               "its .pt file (download it again if it was cut short)")
 
 
 def read_state_dict(path: str | os.PathLike) -> dict:
     """An OpenAI TorchScript archive or a plain state dict file -> {name: tensor}."""
-    if check_torch_file(path, "not CLIP weights", OPENAI_FIX) == "torchscript":
+    negation = "not CLIP weights"
+    if check_torch_file(path, negation, OPENAI_FIX) == "torchscript":
         # OpenAI's files are TorchScript archives: TorchScript code and tensors, no pickled Python.
         try:
             return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
         except Exception as e:
             raise ValueError(f"{path} is truncated or corrupt (a TorchScript archive torch cannot read: "
                              f"{_first_line(e)}); {OPENAI_FIX}") from None
-    sd = torch_load(path, "not CLIP weights", OPENAI_FIX, weights_only=True)
+    sd = torch_load(path, negation, OPENAI_FIX, weights_only=True)
     if isinstance(sd, dict) and sd.get("format") == FORMAT:
         raise ValueError(f"{path} is a checkpoint of this project (its trained LayerNorms and head), not CLIP "
                          f"weights: pass it as the checkpoint, and the CLIP weights it was trained from as the CLIP")
@@ -507,14 +497,23 @@ def read_state_dict(path: str | os.PathLike) -> dict:
     return sd
 
 
-def read_clip_weights(path: str | os.PathLike, text: bool = True) -> dict:
-    """read_state_dict, checked to hold a ViT CLIP: the image tower, and the text tower when `text`."""
+def read_clip_weights(name_or_path: str | os.PathLike, download_root: str | os.PathLike | None = None,
+                      text: bool = True) -> dict:
+    """OpenAI's CLIP weights by model name (downloaded) or path, checked to hold a ViT CLIP: the image
+    tower, and the text tower when `text`."""
+    if name_or_path in MODELS:
+        sha, _ = MODELS[name_or_path].split("/")
+        path = download(f"{OPENAI_URL}/{MODELS[name_or_path]}", download_root, sha256=sha)
+    elif os.path.exists(name_or_path) or Path(name_or_path).suffix in (".pt", ".pth", ".bin", ".ckpt"):
+        path = Path(name_or_path)  # meant as a file: read_state_dict says what is wrong if it is missing or damaged
+    else:
+        raise ValueError(f"unknown CLIP model {name_or_path!r}: expected one of {list(MODELS)} or a path to a file")
     sd = read_state_dict(path)
+    if "visual.layer1.0.conv1.weight" in sd:
+        raise ValueError(f"{path} is a ResNet CLIP: only ViT CLIP models are built here; {OPENAI_FIX}")
     need = ["visual.conv1.weight", "visual.class_embedding", "visual.positional_embedding"]
     need += ["token_embedding.weight", "positional_embedding", "ln_final.weight", "text_projection"] if text else []
     missing = [k for k in need if k not in sd]
-    if "visual.layer1.0.conv1.weight" in sd:
-        raise ValueError(f"{path} is a ResNet CLIP: only ViT CLIP models are built here; {OPENAI_FIX}")
     if missing:
         raise ValueError(f"{path} is a state dict of another model: missing {missing[0]}; {OPENAI_FIX}")
     return sd
@@ -522,7 +521,7 @@ def read_clip_weights(path: str | os.PathLike, text: bool = True) -> dict:
 
 def load(name_or_path: str, device: str | torch.device = "cpu", download_root: str | os.PathLike | None = None) -> CLIP:
     """CLIP by name (downloaded and cached) or from a local OpenAI archive / state-dict file, in fp32."""
-    return build_model(read_clip_weights(_model_file(name_or_path, download_root))).to(device).eval()
+    return build_model(read_clip_weights(name_or_path, download_root)).to(device).eval()
 
 
 def image_transform(size: int = 224):
@@ -677,11 +676,13 @@ def _checked_checkpoint(ckpt: Any, path: str | os.PathLike) -> dict:
         raise ValueError(f"{path} is not a checkpoint of this project (format {FORMAT!r}): it holds {found}; "
                          f"{CHECKPOINT_FIX}")
     parts = {"state_dict": dict, "config": dict, "base_sha256": str}
-    bad = [k for k, kind in parts.items() if not isinstance(ckpt.get(k), kind)]
-    bad += [] if bad or "clip" in ckpt["config"] else ["config['clip']"]
-    bad += [] if bad or all(isinstance(t, torch.Tensor) for t in ckpt["state_dict"].values()) else ["state_dict"]
+    bad = next((k for k, kind in parts.items() if not isinstance(ckpt.get(k), kind)), None)
+    if bad is None and "clip" not in ckpt["config"]:
+        bad = "config['clip']"
+    if bad is None and not all(isinstance(t, torch.Tensor) for t in ckpt["state_dict"].values()):
+        bad = "state_dict"
     if bad:
-        raise ValueError(f"{path} is a damaged checkpoint of this project: its {bad[0]} is missing or malformed; "
+        raise ValueError(f"{path} is a damaged checkpoint of this project: its {bad} is missing or malformed; "
                          f"{CHECKPOINT_FIX}")
     return ckpt
 
@@ -737,7 +738,7 @@ class Placeholder:
 
     def __new__(cls, *args, **kwargs):  # NEWOBJ calls only __new__; REDUCE calls the class: Enum(value)
         self = super().__new__(cls)
-        self.args, self.kwargs, self.state, self.items, self.list = args, kwargs, None, {}, []
+        self.args, self.state, self.items, self.list = args, None, {}, []
         return self
 
     def __init__(self, *args, **kwargs):  # __new__ has recorded the arguments
@@ -751,9 +752,6 @@ class Placeholder:
 
     def append(self, value):  # a pickled list subclass
         self.list.append(value)
-
-    def extend(self, values):
-        self.list.extend(values)
 
     def __repr__(self) -> str:
         return f"<{self.pickled_module}.{self.pickled_name}{self.args}>"
@@ -804,7 +802,6 @@ class RestrictedUnpickler(pickle.Unpickler):
 class _RestrictedPickleModule:
     """What torch.load's `pickle_module` argument expects: a module-like with Unpickler and load."""
     Unpickler = RestrictedUnpickler
-    UnpicklingError = pickle.UnpicklingError
 
     @staticmethod
     def load(file, **kwargs):
@@ -914,8 +911,8 @@ def _authors_tensors(ckpt: Any, path: str | os.PathLike, fix: str) -> dict:
     """Their Lightning state_dict -> OpenAI-named visual tensors + `head.*`. Every tensor of the tower and
     head is accounted for: one this project does not run (an adapter, another head) is refused."""
     sd = ckpt.get("state_dict") if isinstance(ckpt, dict) else None
-    if not isinstance(sd, dict) or "model.linear.weight" not in sd or f"{AUTHORS_PREFIX}vision_model" not in \
-            {k[:len(AUTHORS_PREFIX) + 12] for k in sd}:
+    tower = f"{AUTHORS_PREFIX}vision_model."
+    if not isinstance(sd, dict) or "model.linear.weight" not in sd or not any(k.startswith(tower) for k in sd):
         found = f"its state_dict holds {_describe(sd)}" if isinstance(sd, dict) else f"it holds {_describe(ckpt)}"
         raise ValueError(f"{path} is {NEITHER}: expected keys '{AUTHORS_PREFIX}vision_model.*' and "
                          f"'model.linear.weight', but {found}; {fix}")
