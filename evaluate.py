@@ -28,6 +28,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 import cv2
 import numpy as np
@@ -35,7 +36,6 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score, roc_curve
 from tqdm import tqdm
 
 import clip_vit
@@ -289,16 +289,16 @@ def evaluate_dataset(model: nn.Module, dataset: str, split_dir: Path, videos: li
               "data": str(split_dir), "video": compute_metrics(video_labels, video_p),
               "frame": compute_metrics(frame_labels, scores)}
     ffpp = dataset.startswith("ff++")
-    curves = [("all videos" if ffpp else "video", video_labels, video_p),
-              ("all frames" if ffpp else "frame", frame_labels, scores)]
+    curves = [("all videos" if ffpp else "video", video_labels, video_p, result["video"]),
+              ("all frames" if ffpp else "frame", frame_labels, scores, result["frame"])]
     if ffpp:
         # FF++ test per manipulation: all real videos against one method's fakes
         result["per_source"] = {}
         real = video_labels == 0
         for src in sorted({v.source for v in videos if v.label == 1}):
             sel = real | np.array([v.source == src for v in videos])
-            result["per_source"][src] = compute_metrics(video_labels[sel], video_p[sel])
-            curves.append((f"{FFPP_METHODS.get(src, src)} videos", video_labels[sel], video_p[sel]))
+            m = result["per_source"][src] = compute_metrics(video_labels[sel], video_p[sel])
+            curves.append((f"{FFPP_METHODS.get(src, src)} videos", video_labels[sel], video_p[sel], m))
     if args.rank == 0:
         write_dataset_outputs(out_dir, result, videos, video_p, curves)
     return result
@@ -308,18 +308,17 @@ def write_dataset_outputs(out_dir: Path, result: dict, videos: list[Video], vide
                           curves: list) -> None:
     """videos.csv, roc.png (none for one class) and metrics.json, which lists the files and is
     written last: its presence means the others are complete."""
-    files = {"videos": out_dir / "videos.csv", "metrics": out_dir / "metrics.json",
-             "roc": out_dir / "roc.png"}
+    videos_csv, roc, metrics = out_dir / "videos.csv", out_dir / "roc.png", out_dir / "metrics.json"
     rows = [{"video_id": v.video_id, "source": v.source, "label": v.label, "n_frames": len(v.frames),
              "p_fake": f"{p:.6f}", "path": v.path, "file": v.file} for v, p in zip(videos, video_p)]
     fields = ["video_id", "source", "label", "n_frames", "p_fake", "path", "file"]
-    write_output(files["videos"], layouts.csv_text(fields, rows))
+    write_output(videos_csv, layouts.csv_text(fields, rows))
     title = f"{display(result['dataset'])} {result['split']} - {result['model']}"
-    if write_roc_png(files["roc"], curves, title) is None:  # one class: no curve to draw
-        files["roc"].unlink(missing_ok=True)                  # nor a stale one from a past run
-        files["roc"] = None
-    result["files"] = {k: (str(p) if p else None) for k, p in files.items()}
-    write_json(files["metrics"], result)
+    if not write_roc_png(roc, curves, title):  # one class: no curve to draw
+        roc.unlink(missing_ok=True)            # nor a stale one from a past run
+        roc = None
+    result["files"] = {"videos": str(videos_csv), "metrics": str(metrics), "roc": str(roc) if roc else None}
+    write_json(metrics, result)
 
 
 # ----------------------------------------------------------------------------- tables
@@ -385,41 +384,51 @@ FONT, AA = cv2.FONT_HERSHEY_SIMPLEX, cv2.LINE_AA
 
 
 @dataclass
+class Axis:
+    """Data range, grid values with their tick label fmt(value), and the axis title."""
+    lo: float
+    hi: float
+    ticks: Sequence[float]
+    fmt: Callable[[float], str]
+    label: str
+
+
+@dataclass
 class Figure:
     """A white canvas [H, W, 3] (BGR) with a square plot area; xy() maps data to pixels."""
     img: np.ndarray
     left: int
     top: int
     side: int
-    x_range: tuple[float, float]
-    y_range: tuple[float, float]
+    x: Axis
+    y: Axis
 
     def xy(self, x: float, y: float) -> tuple[int, int]:
-        fx = (x - self.x_range[0]) / (self.x_range[1] - self.x_range[0])
-        fy = (y - self.y_range[0]) / (self.y_range[1] - self.y_range[0])
+        fx = (x - self.x.lo) / (self.x.hi - self.x.lo)
+        fy = (y - self.y.lo) / (self.y.hi - self.y.lo)
         return int(round(self.left + fx * self.side)), int(round(self.top + (1 - fy) * self.side))
 
 
-def new_figure(x_range: tuple[float, float], y_range: tuple[float, float], size: int = 560) -> Figure:
+def new_figure(x: Axis, y: Axis, size: int = 560) -> Figure:
     left, right, top, bottom = 70, 20, 50, 60
     side = size - left - right
-    return Figure(np.full((top + side + bottom, size, 3), 255, np.uint8), left, top, side, x_range, y_range)
+    return Figure(np.full((top + side + bottom, size, 3), 255, np.uint8), left, top, side, x, y)
 
 
-def draw_grid(fig: Figure, xticks, yticks, fmt) -> None:
-    """Grid lines with tick labels fmt(value) below and left of the plot, and its frame."""
-    (x0, x1), (y0, y1) = fig.x_range, fig.y_range
-    for t in xticks:
-        cv2.line(fig.img, fig.xy(t, y0), fig.xy(t, y1), (232, 232, 232), 1, AA)
-        (w, h), _ = cv2.getTextSize(fmt(t), FONT, 0.45, 1)
-        x, y = fig.xy(t, y0)
-        cv2.putText(fig.img, fmt(t), (x - w // 2, y + h + 8), FONT, 0.45, (60, 60, 60), 1, AA)
-    for t in yticks:
-        cv2.line(fig.img, fig.xy(x0, t), fig.xy(x1, t), (232, 232, 232), 1, AA)
-        (w, h), _ = cv2.getTextSize(fmt(t), FONT, 0.45, 1)
-        x, y = fig.xy(x0, t)
-        cv2.putText(fig.img, fmt(t), (x - w - 8, y + h // 2), FONT, 0.45, (60, 60, 60), 1, AA)
-    cv2.rectangle(fig.img, fig.xy(x0, y1), fig.xy(x1, y0), (0, 0, 0), 1)
+def draw_grid(fig: Figure) -> None:
+    """Grid lines with tick labels below and left of the plot, and its frame."""
+    x, y = fig.x, fig.y
+    for t in y.ticks:
+        cv2.line(fig.img, fig.xy(x.lo, t), fig.xy(x.hi, t), (232, 232, 232), 1, AA)
+        (w, h), _ = cv2.getTextSize(y.fmt(t), FONT, 0.45, 1)
+        px, py = fig.xy(x.lo, t)
+        cv2.putText(fig.img, y.fmt(t), (px - w - 8, py + h // 2), FONT, 0.45, (60, 60, 60), 1, AA)
+    for t in x.ticks:
+        cv2.line(fig.img, fig.xy(t, y.lo), fig.xy(t, y.hi), (232, 232, 232), 1, AA)
+        (w, h), _ = cv2.getTextSize(x.fmt(t), FONT, 0.45, 1)
+        px, py = fig.xy(t, y.lo)
+        cv2.putText(fig.img, x.fmt(t), (px - w // 2, py + h + 8), FONT, 0.45, (60, 60, 60), 1, AA)
+    cv2.rectangle(fig.img, fig.xy(x.lo, y.hi), fig.xy(x.hi, y.lo), (0, 0, 0), 1)
 
 
 def draw_legend(fig: Figure, entries: list[tuple[str, tuple]]) -> None:
@@ -436,46 +445,60 @@ def draw_legend(fig: Figure, entries: list[tuple[str, tuple]]) -> None:
         cv2.putText(fig.img, text, (x0 + 38, yy), FONT, 0.45, (0, 0, 0), 1, AA)
 
 
-def draw_labels(fig: Figure, title: str, xlabel: str, ylabel: str) -> None:
+def draw_labels(fig: Figure, title: str) -> None:
     """Title (shrunk to fit), x label below the plot, y label rotated left of it."""
     size = fig.img.shape[1]
     (w, _), _ = cv2.getTextSize(title, FONT, 0.55, 1)
     scale = min(0.55, 0.55 * (size - 20) / max(w, 1))
     (w, _), _ = cv2.getTextSize(title, FONT, scale, 1)
     cv2.putText(fig.img, title, ((size - w) // 2, 30), FONT, scale, (0, 0, 0), 1, AA)
-    (w, _), _ = cv2.getTextSize(xlabel, FONT, 0.5, 1)
-    cv2.putText(fig.img, xlabel, (fig.left + (fig.side - w) // 2, fig.top + fig.side + 48),
+    (w, _), _ = cv2.getTextSize(fig.x.label, FONT, 0.5, 1)
+    cv2.putText(fig.img, fig.x.label, (fig.left + (fig.side - w) // 2, fig.top + fig.side + 48),
                 FONT, 0.5, (0, 0, 0), 1, AA)
     # y label: drawn horizontally on a strip, rotated 90 degrees counter-clockwise
-    (w, h), base = cv2.getTextSize(ylabel, FONT, 0.5, 1)
+    (w, h), base = cv2.getTextSize(fig.y.label, FONT, 0.5, 1)
     strip = np.full((h + base + 4, w + 4, 3), 255, np.uint8)
-    cv2.putText(strip, ylabel, (2, h + 2), FONT, 0.5, (0, 0, 0), 1, AA)
+    cv2.putText(strip, fig.y.label, (2, h + 2), FONT, 0.5, (0, 0, 0), 1, AA)
     strip = cv2.rotate(strip, cv2.ROTATE_90_COUNTERCLOCKWISE)[:fig.side]
     y0 = fig.top + (fig.side - strip.shape[0]) // 2
     fig.img[y0:y0 + strip.shape[0], 8:8 + strip.shape[1]] = strip
 
 
-def write_roc_png(path: Path, curves: list, title: str, size: int = 560) -> Path | None:
-    """ROC curves (label, labels, scores) drawn with OpenCV; None when no curve is defined."""
-    drawable = [(name, y, s) for name, y, s in curves if 0 < int(np.sum(y)) < len(y)]
-    if not drawable:
-        return None
-    fig = new_figure((0.0, 1.0), (0.0, 1.0), size)
-    ticks = np.linspace(0, 1, 6)
-    draw_grid(fig, ticks, ticks, lambda t: f"{t:.1f}")
-    for i in range(0, 40, 2):                     # dashed chance diagonal
-        cv2.line(fig.img, fig.xy(i / 40, i / 40), fig.xy((i + 1) / 40, (i + 1) / 40), (150, 150, 150), 1, AA)
-    legend = []
-    for k, (name, y, s) in enumerate(drawable):
-        fpr, tpr, _ = roc_curve(y, s)
-        pts = np.array([fig.xy(a, b) for a, b in zip(fpr, tpr)], np.int32)
-        color = COLORS[k % len(COLORS)]
+def write_figure(path: Path, title: str, x: Axis, y: Axis, lines: list[tuple[str, Sequence, Sequence]],
+                 markers: bool = False, chance: bool = False) -> None:
+    """Lines (legend text, xs, ys), one colour each, with a grid, a legend and labels, as a PNG;
+    markers: a dot on every point; chance: the dashed diagonal of a ROC plot."""
+    fig = new_figure(x, y)
+    draw_grid(fig)
+    if chance:
+        for i in range(0, 40, 2):
+            cv2.line(fig.img, fig.xy(i / 40, i / 40), fig.xy((i + 1) / 40, (i + 1) / 40), (150, 150, 150), 1, AA)
+    colors = [COLORS[k % len(COLORS)] for k in range(len(lines))]
+    for (_, xs, ys), color in zip(lines, colors):
+        pts = np.array([fig.xy(a, b) for a, b in zip(xs, ys)], np.int32)
         cv2.polylines(fig.img, [pts], False, color, 2, AA)
-        legend.append((f"{name}: AUROC {100 * roc_auc_score(y, s):.2f}% (n={len(y)})", color))
-    draw_legend(fig, legend)
-    draw_labels(fig, title, "False positive rate", "True positive rate")
+        for p in pts if markers else []:
+            cv2.circle(fig.img, tuple(int(v) for v in p), 3, color, -1, AA)
+    draw_legend(fig, [(text, color) for (text, _, _), color in zip(lines, colors)])
+    draw_labels(fig, title)
     write_output(path, png_bytes(fig.img))
-    return path
+
+
+def write_roc_png(path: Path, curves: list, title: str) -> bool:
+    """ROC curves (name, labels, scores, their compute_metrics) drawn; False when no curve is
+    defined (one class only)."""
+    from sklearn.metrics import roc_curve  # imported here: a quarter of every command's start-up
+    lines = []
+    for name, labels, scores, m in curves:
+        if m["auroc"] is not None:
+            fpr, tpr, _ = roc_curve(labels, scores)
+            lines.append((f"{name}: AUROC {100 * m['auroc']:.2f}% (n={m['n']})", fpr, tpr))
+    if not lines:
+        return False
+    unit = np.linspace(0, 1, 6)
+    write_figure(path, title, Axis(0.0, 1.0, unit, lambda t: f"{t:.1f}", "False positive rate"),
+                 Axis(0.0, 1.0, unit, lambda t: f"{t:.1f}", "True positive rate"), lines, chance=True)
+    return True
 
 
 # ----------------------------------------------------------------------------- training curves
@@ -552,29 +575,20 @@ def nice_ticks(lo: float, hi: float, n: int = 5) -> np.ndarray:
     return np.arange(math.ceil(lo / step - 1e-9) * step, hi + step * 1e-6, step)
 
 
-def write_curves_png(path: Path, curves: list[Curve], x: str, size: int = 560) -> None:
-    """Val video AUROC (%) against x ('step' or 'epoch'), one coloured line per run."""
+def write_curves_png(path: Path, curves: list[Curve], x: str) -> None:
+    """Val video AUROC (%) against x ('step' or 'epoch'), one line per run."""
     xs = [c.steps if x == "step" else c.epochs for c in curves]
     values = [v for c in curves for v in c.auroc]
     x_hi = max(max(v) for v in xs) or 1
     y_lo = max(0.0, math.floor(min(values) * 20 - 0.5) / 20)   # 5% steps, a margin below
     y_hi = min(1.0, math.ceil(max(values) * 20 + 0.5) / 20)
-    fig = new_figure((0.0, float(x_hi)), (y_lo, y_hi), size)
-    draw_grid(fig, [], nice_ticks(y_lo, y_hi), lambda t: f"{100 * t:g}")
-    draw_grid(fig, nice_ticks(0, x_hi), [], lambda t: f"{t:g}")
-    legend = []
-    for k, (c, cx) in enumerate(zip(curves, xs)):
-        color = COLORS[k % len(COLORS)]
-        pts = np.array([fig.xy(a, b) for a, b in zip(cx, c.auroc)], np.int32)
-        cv2.polylines(fig.img, [pts], False, color, 2, AA)
-        for p in pts:
-            cv2.circle(fig.img, tuple(int(v) for v in p), 3, color, -1, AA)
-        best = c.best()
-        legend.append((f"{c.run.name}: best {100 * c.auroc[best]:.2f}% at {x} {cx[best]}", color))
-    draw_legend(fig, legend)
     xlabel = "training step" if x == "step" else "epoch (0 = the first, as train.py logs it)"
-    draw_labels(fig, "Validation video-level AUROC during training", xlabel, "val video AUROC (%)")
-    write_output(path, png_bytes(fig.img))
+    lines = [(f"{c.run.name}: best {100 * c.auroc[c.best()]:.2f}% at {x} {cx[c.best()]}", cx, c.auroc)
+             for c, cx in zip(curves, xs)]
+    write_figure(path, "Validation video-level AUROC during training",
+                 Axis(0.0, float(x_hi), nice_ticks(0, x_hi), lambda t: f"{t:g}", xlabel),
+                 Axis(y_lo, y_hi, nice_ticks(y_lo, y_hi), lambda t: f"{100 * t:g}", "val video AUROC (%)"),
+                 lines, markers=True)
 
 
 def run_curves(args) -> list[Curve]:
