@@ -89,16 +89,15 @@ class DataError(ValueError):
 # ----------------------------------------------------------------------------- official layouts
 
 
-
-def _listing(path: Path, limit: int = 12) -> str:
-    """What is actually at `path`, for error messages."""
+def _listing(path: Path) -> str:
+    """What is actually at `path` (up to 12 names), for error messages."""
     if not path.exists():
         return f"{path} does not exist"
     if not path.is_dir():
         return f"{path} is a file"
     names = sorted(p.name + ("/" if p.is_dir() else "") for p in path.iterdir())
-    more = f" ... ({len(names)} entries)" if len(names) > limit else ""
-    return f"{path} contains: " + (", ".join(names[:limit]) + more if names else "nothing")
+    more = f" ... ({len(names)} entries)" if len(names) > 12 else ""
+    return f"{path} contains: " + (", ".join(names[:12]) + more if names else "nothing")
 
 
 def _deepest(root: Path, rel: str) -> Path:
@@ -160,10 +159,10 @@ def _check_unique(videos: list[Video]) -> list[Video]:
     return videos
 
 
-def _short(value, limit: int = 80) -> str:
-    """A value from a listing file as it reads there, cut for an error message."""
+def _short(value) -> str:
+    """A value from a listing file as it reads there, cut to 80 characters for an error message."""
     text = value if isinstance(value, str) else json.dumps(value)
-    return text if len(text) <= limit else text[:limit] + "..."
+    return text if len(text) <= 80 else text[:80] + "..."
 
 
 def _ffpp_pairs(path: Path) -> list[tuple[str, str]]:
@@ -384,7 +383,7 @@ def _list_ffiw(root: Path) -> list[Video]:
     """FFIW10K: source/<split>/*.mp4 (real) and target/<split>/*.mp4 (fake); the release
     folders (e.g. FFIW10K-v1-release/, FFIW10K-v1-release-test/) may sit one level down."""
     videos = []
-    for base in [root] + sorted(p for p in root.iterdir() if p.is_dir()) if root.is_dir() else []:
+    for base in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
         for source, label in (("source", 0), ("target", 1)):
             for split in ("train", "val", "test"):
                 for f in _media(base / source / split):
@@ -457,7 +456,6 @@ def command_for(name: str, out: str | Path = "data") -> str:
     return f"python preprocess.py --dataset {dataset}{flag} --root {root} --out {out}"
 
 
-
 def rel_path(path: Path, root: Path) -> str:
     try:
         return str(path.relative_to(root))
@@ -483,14 +481,6 @@ def find_dataset(name: str, base="datasets", compression: str = "c23",
             except LayoutError as e:
                 why = str(e)
     return None, why
-
-
-def find_datasets(base="datasets", compression: str = "c23",
-                  splits_dir: str | None = None) -> dict[str, tuple[Path | None, str]]:
-    """find_dataset for every dataset."""
-    return {name: find_dataset(name, base, compression, splits_dir) for name in DATASETS}
-
-
 
 
 # ----------------------------------------------------------------------------- preprocessed layout
@@ -549,7 +539,6 @@ def write_index(split_dir: Path) -> int:
                      "file": m["file"]})
     atomic_write(split_dir / "index.csv", csv_text(INDEX_FIELDS, rows))
     return len(rows)
-
 
 
 def load_videos(data: str | Path = "data", dataset: str = "ff++", split: str = "train",
