@@ -58,15 +58,16 @@ except ImportError:
     fcntl = None
 
 from layouts import (DATASETS, FAILURE_FIELDS, IMAGE_EXTS, WHERE_TO_GET, LayoutError, Video,
-                     atomic_write, csv_text, default_roots, find_dataset,
-                     find_datasets, list_videos, output_name, read_failures, rel_path,
-                     write_index)
+                     atomic_write, csv_text, default_roots, find_dataset, list_videos,
+                     output_name, read_failures, rel_path, write_index)
 
 KEYPOINTS_68 = (37, 44, 30, 49, 55)  # left eye, right eye, nose tip, mouth corners (0-based)
 # 5-point template on a 96x112 face (x, y), the one the protocol aligns to
 TEMPLATE_96x112 = np.array([[30.2946, 51.6963], [65.5318, 51.5014], [48.0252, 71.7366],
                             [33.5493, 92.3655], [62.7299, 92.2041]], dtype=np.float64)
 LANDMARKS_REL = "face_recognition_models/models/shape_predictor_68_face_landmarks.dat"
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in frame pixels
+Detection = tuple[Box, float]            # box, detector score
 
 
 # ----------------------------------------------------------------------------- face models
@@ -82,7 +83,7 @@ class FaceModels:
 class FaceCrop:
     frame: int                                # frame index in the video (0 for an image)
     image: np.ndarray                         # [S, S, 3] uint8 RGB aligned crop
-    box: tuple[float, float, float, float]    # x0, y0, x1, y1 in frame pixels
+    box: Box
     keypoints: np.ndarray                     # [5, 2] float, in frame pixels
     score: float                              # detector score
     matrix: np.ndarray                        # [2, 3] float, frame -> crop similarity transform
@@ -192,9 +193,8 @@ def landmarks5(frame: np.ndarray, box, models: FaceModels) -> np.ndarray:
     return np.array([[shape.part(i).x, shape.part(i).y] for i in KEYPOINTS_68], np.float64)
 
 
-def _box(rect, factor: float = 1.0) -> tuple[float, float, float, float]:
-    return (rect.left() / factor, rect.top() / factor, rect.right() / factor,
-            rect.bottom() / factor)
+def _box(rect: "dlib.rectangle") -> Box:
+    return (float(rect.left()), float(rect.top()), float(rect.right()), float(rect.bottom()))
 
 
 def _area(box) -> float:
@@ -228,9 +228,6 @@ def reference_crop(frame: np.ndarray, models: FaceModels, size: int = 256,
         return None
     return FaceCrop(0, crop, box, keypoints, float(scores[i]), matrix)
 
-
-Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in frame pixels
-Detection = tuple[Box, float]            # box, detector score
 
 REGION_FACE_PX = 110  # a tracked face's region is resized so the face is this wide (HOG: 80)
 REGION_MARGIN = 1.5   # box sizes added on each side of a tracked face's last box
@@ -433,10 +430,6 @@ def sample_indices(n: int, n_frames: int | None = 32) -> list[int]:
     return sorted(set(np.linspace(0, n - 1, n_frames).astype(int).tolist()))
 
 
-def is_image(path) -> bool:
-    return Path(path).suffix.lower() in IMAGE_EXTS
-
-
 def _read_at(path, indices: list[int], gray: bool = False) -> dict[int, np.ndarray]:
     """Frames at the given indices by sequential decoding (grab() skips colour conversion)."""
     wanted, out = set(indices), {}
@@ -466,7 +459,7 @@ def read_frames(path, n_frames: int | None = 32) -> tuple[list[int], list[np.nda
         raise ValueError(f"not a file: {path}")
     if path.stat().st_size == 0:
         raise ValueError("empty file (0 bytes)")
-    if is_image(path):
+    if path.suffix.lower() in IMAGE_EXTS:
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
             raise ValueError("cannot decode image")
@@ -512,11 +505,11 @@ class Job:
     out_dir: Path          # <out>/<dataset>/<split>/<source>/<video_id>
     root: Path             # dataset root, for relative paths in meta.json
     dataset: str
-    n_frames: int = 32
-    size: int = 256
-    scale: float = 1.3
-    detect_side: int = 640
-    reference: bool = False
+    n_frames: int
+    size: int
+    scale: float
+    detect_side: int
+    reference: bool
 
 
 @dataclass
@@ -687,11 +680,8 @@ def _results(jobs: list[Job], workers: int, landmarks: str | None):
                                initargs=(landmarks, os.getpid()))
     try:
         yield _in_flight(pool, jobs, workers)
-    except BaseException:  # Ctrl-C, SIGTERM, a full disk or a dead worker
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    finally:
-        pool.shutdown()  # the workers finish the videos in flight
+    finally:  # also after Ctrl-C, SIGTERM, a full disk or a dead worker
+        pool.shutdown(cancel_futures=True)  # the workers finish the videos in flight
 
 
 def _in_flight(pool: ProcessPoolExecutor, jobs: list[Job], n: int):
@@ -726,8 +716,10 @@ class Shard:
 
     def owns(self, key: tuple[str, str, str]) -> bool:
         """Whether the video (split, source, video_id) is in this part."""
+        if self.n == 1:
+            return True
         digest = hashlib.sha1("/".join(key).encode()).digest()
-        return self.n == 1 or int.from_bytes(digest[:8], "big") % self.n == self.k
+        return int.from_bytes(digest[:8], "big") % self.n == self.k
 
     @property
     def failures_name(self) -> str:
@@ -867,19 +859,19 @@ def _process(jobs: list[Job], workers: int, landmarks: str | None, desc: str, ro
     return done, failed
 
 
-def _plan(videos: list[Video], make_job, ds_dir: Path, failures: dict,
-          retry_failed: bool) -> tuple[list[Job], int, int]:
-    """(jobs, videos finished before, videos that failed before and are not retried)."""
-    jobs, skipped, skipped_failed = [], 0, 0
+def _plan(videos: list[Video], ds_dir: Path, failures: dict,
+          retry_failed: bool) -> tuple[list[Video], int, int]:
+    """(videos to process, videos finished before, videos that failed before and are not
+    retried)."""
+    todo, skipped, skipped_failed = [], 0, 0
     for v in videos:
-        out_dir = ds_dir / v.split / v.source / v.video_id
-        if is_finished(out_dir):
+        if is_finished(ds_dir / v.split / v.path):
             skipped += 1
         elif (v.split, v.source, v.video_id) in failures and not retry_failed:
             skipped_failed += 1
         else:
-            jobs.append(make_job(v, out_dir))
-    return jobs, skipped, skipped_failed
+            todo.append(v)
+    return todo, skipped, skipped_failed
 
 
 def run_dataset(dataset: str, root, out="data", split: str | None = None,
@@ -902,9 +894,9 @@ def run_dataset(dataset: str, root, out="data", split: str | None = None,
     ds_dir.mkdir(parents=True, exist_ok=True)
     failures = {k: r for k, r in _known_failures(_failure_files(ds_dir)).items()
                 if shard.owns(k)}
-    make_job = lambda v, out_dir: Job(v, out_dir, root, name, n_frames, size,  # noqa: E731
-                                      scale, detect_side, reference)
-    jobs, skipped, skipped_failed = _plan(videos, make_job, ds_dir, failures, retry_failed)
+    todo, skipped, skipped_failed = _plan(videos, ds_dir, failures, retry_failed)
+    jobs = [Job(v, ds_dir / v.split / v.path, root, name, n_frames, size, scale, detect_side,
+                reference) for v in todo]
     part = f" (shard {shard}: {len(videos)} of {len(listed)})" if shard.n > 1 else ""
     print(f"{name}: {len(videos)} videos in {root}{part}, {skipped} already done, "
           f"{skipped_failed} failed before (--retry-failed to redo), {len(jobs)} to process")
@@ -946,14 +938,13 @@ def _positive(cast):
 
 def _shard_arg(text: str) -> Shard:
     """argparse type for --shard K/N."""
-    k, sep, n = text.partition("/")
+    k, _, n = text.partition("/")
     try:
-        if sep:
-            return Shard(int(k), int(n))
+        return Shard(int(k), int(n))  # no "/": int("") fails too
     except ValueError:
-        pass
-    raise argparse.ArgumentTypeError(f"expected K/N with N >= 1 and K = 0..N-1 (the parts of "
-                                     f"--shard 0/4 ... 3/4 cover a dataset once), got {text}")
+        raise argparse.ArgumentTypeError(
+            "expected K/N with N >= 1 and K = 0..N-1 (the parts of --shard 0/4 ... 3/4 cover "
+            f"a dataset once), got {text}") from None
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -1040,7 +1031,8 @@ def _run(a: argparse.Namespace) -> None:
     if a.dataset:
         run_dataset(a.dataset, a.root or _find_root(a), **opts)
         return
-    found = find_datasets(a.datasets_dir, a.compression, a.splits)
+    found = {name: find_dataset(name, a.datasets_dir, a.compression, a.splits)
+             for name in DATASETS}
     _report(found, a.datasets_dir)
     if not any(root for root, _ in found.values()):
         raise LayoutError(f"no dataset found under {a.datasets_dir}/; put them in the "
