@@ -4,9 +4,8 @@ Read top to bottom (the order of OpenAI's own model.py, then clip.py, then simpl
   1. the model: OpenAI's modules and parameter names, so their checkpoints load with strict=True,
   2. the detector (ln_post class token -> L2 normalise -> Linear(width, 2)) and LN-tuning,
   3. build_model / build_visual / tiny models: every size inferred from the tensors,
-  4. files and downloads: every file read is checked first (missing, empty, truncated, not a
-     torch file, wrong content -> one ValueError naming the file, the fault and what to do),
-     cached SHA-256-verified downloads, load(), image_transform(),
+  4. files and downloads: every file read is checked first (one ValueError naming the file, the
+     fault and what to do), cached SHA-256-verified downloads, load(), image_transform(),
   5. the byte-level BPE tokenizer,
   6. this project's checkpoints (the trainable tensors + config + hash of the frozen rest),
   7. Hugging Face names and the authors' Lightning model.ckpt, read for what it says without
@@ -663,8 +662,7 @@ def save_checkpoint(path: str | os.PathLike, detector: DeepfakeDetector, config:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """This project's checkpoint (best.pt / last.pt); weights_only=True, so nothing in the file can run code.
-    A missing file is FileNotFoundError; an empty, truncated, corrupt or foreign one one ValueError."""
+    """This project's checkpoint (best.pt / last.pt); weights_only=True, so nothing in the file can run code."""
     ckpt = torch_load(path, "not a checkpoint of this project", CHECKPOINT_FIX, weights_only=True)
     return _checked_checkpoint(ckpt, path)
 
@@ -825,7 +823,9 @@ def _plain(x: Any) -> Any:
     if isinstance(state, dict) and isinstance(state.get("__dict__"), dict):  # a pydantic model
         state = state["__dict__"]
     content = {**(state if isinstance(state, dict) else {}), **x.items}
-    return _plain(content) if content else [_plain(v) for v in x.list] if x.list else x
+    if content:
+        return _plain(content)
+    return [_plain(v) for v in x.list] if x.list else x
 
 
 # ---------------------------------------------------------------- the authors' model.ckpt
@@ -889,12 +889,13 @@ def _authors_normalize(config: dict, sizes: dict, path: str | os.PathLike) -> bo
     tower = (sizes["width"], sizes["layers"], sizes["patch_size"], sizes["input_resolution"])
     described = f"a ViT of width {tower[0]}, {tower[1]} blocks, {tower[2]}-px patches, {tower[3]} px input"
     backbone = config.get("backbone")
-    if backbone is not None and (not isinstance(backbone, str) or backbone not in CLIP_BACKBONES):
-        raise _refusal(path, "backbone", backbone, f"is not a CLIP ViT image tower, the only kind this project "
-                                                   f"builds ({list(CLIP_BACKBONES)})")
-    if backbone is not None and CLIP_BACKBONES[backbone] != tower:
-        raise _refusal(path, "backbone", backbone, f"disagrees with the file's tensors, which are {described}: "
-                                                   f"the file contradicts itself; {AUTHORS_FIX}")
+    if backbone is not None:
+        if not isinstance(backbone, str) or backbone not in CLIP_BACKBONES:
+            raise _refusal(path, "backbone", backbone, f"is not a CLIP ViT image tower, the only kind this project "
+                                                       f"builds ({list(CLIP_BACKBONES)})")
+        if CLIP_BACKBONES[backbone] != tower:
+            raise _refusal(path, "backbone", backbone, f"disagrees with the file's tensors, which are {described}: "
+                                                       f"the file contradicts itself; {AUTHORS_FIX}")
     for field in INPUT_SIZE_FIELDS:
         value = _field(config, field)
         if value is not None and any(v != tower[3] for v in (value if isinstance(value, list) else [value])):
@@ -914,7 +915,7 @@ def _authors_tensors(ckpt: Any, path: str | os.PathLike, fix: str) -> dict:
     tower = f"{AUTHORS_PREFIX}vision_model."
     if not isinstance(sd, dict) or "model.linear.weight" not in sd or not any(k.startswith(tower) for k in sd):
         found = f"its state_dict holds {_describe(sd)}" if isinstance(sd, dict) else f"it holds {_describe(ckpt)}"
-        raise ValueError(f"{path} is {NEITHER}: expected keys '{AUTHORS_PREFIX}vision_model.*' and "
+        raise ValueError(f"{path} is {NEITHER}: expected keys '{tower}*' and "
                          f"'model.linear.weight', but {found}; {fix}")
     unknown = [k for k in sd if k.startswith(AUTHORS_PREFIX) and not AUTHORS_KEY.fullmatch(k[len(AUTHORS_PREFIX):])
                or k.startswith("model.") and k not in ("model.linear.weight", "model.linear.bias")]
@@ -929,9 +930,10 @@ def _authors_tensors(ckpt: Any, path: str | os.PathLike, fix: str) -> dict:
         out["head.weight"], out["head.bias"] = sd["model.linear.weight"], sd["model.linear.bias"]
     except KeyError as e:
         raise ValueError(f"{path} is an incomplete authors' checkpoint: it lacks the tensor {e}; {fix}") from None
-    if tuple(out["head.weight"].shape) != (2, out["visual.conv1.weight"].shape[0]):
+    width = out["visual.conv1.weight"].shape[0]
+    if tuple(out["head.weight"].shape) != (2, width):
         raise ValueError(f"{path}: model.linear.weight is {list(out['head.weight'].shape)}, not this detector's "
-                         f"[2, {out['visual.conv1.weight'].shape[0]}] head (real, fake); {fix}")
+                         f"[2, {width}] head (real, fake); {fix}")
     return out
 
 
