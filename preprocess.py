@@ -42,6 +42,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -731,7 +732,7 @@ SLURM_ARRAY = ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_MIN", "SLURM_ARRAY_TASK_
                "SLURM_ARRAY_TASK_STEP", "SLURM_ARRAY_TASK_COUNT")
 
 
-def shard_from_env(env=os.environ) -> tuple[Shard, str] | None:
+def shard_from_env(env: Mapping[str, str]) -> tuple[Shard, str] | None:
     """The shard of a SLURM array task, or None outside one: k = (task id - min) / step
     (ids may start anywhere, e.g. --array=1-16, or step, --array=0-30:2) of the array's task
     count. ValueError for ids that are not min, min+step, ... (an --array list like 1,4,9)."""
@@ -810,7 +811,7 @@ def _dataset_lock(ds_dir: Path):
         yield  # the lock ends with the file
 
 
-def _write_summary(ds_dir: Path, splits: list[str], name: str, merge_shards: bool) -> None:
+def _write_summary(ds_dir: Path, splits: list[str], merge_shards: bool) -> None:
     """failures.csv from every failure file (the shards' too) less the videos finished since,
     and each split's index.csv from the finished folders on disk. Every shard does this when
     it ends, so the last one writes both for the whole dataset; a run without --shard
@@ -829,10 +830,10 @@ def _write_summary(ds_dir: Path, splits: list[str], name: str, merge_shards: boo
         for s in splits:
             if (ds_dir / s).is_dir():
                 n = write_index(ds_dir / s)
-                print(f"{name}/{s}: {n} videos in {ds_dir / s / 'index.csv'}")
+                print(f"{ds_dir.name}/{s}: {n} videos in {ds_dir / s / 'index.csv'}")
 
 
-def _process(jobs: list[Job], workers: int, landmarks: str | None, desc: str, root: Path,
+def _process(jobs: list[Job], workers: int, landmarks: str | None, desc: str,
              failures: dict, fail_path: Path) -> tuple[int, int]:
     """Run the jobs under a progress bar (videos, frames/s); a failure is written to
     `fail_path` at once, so that a killed run keeps it. Returns (done, failed)."""
@@ -850,7 +851,7 @@ def _process(jobs: list[Job], workers: int, landmarks: str | None, desc: str, ro
             else:
                 failed += 1
                 failures[key] = {"split": v.split, "source": v.source, "video_id": v.video_id,
-                                 "file": rel_path(v.file, root), "reason": r.reason}
+                                 "file": rel_path(v.file, r.job.root), "reason": r.reason}
                 atomic_write(fail_path, _failures_text(failures))
                 tqdm.write(f"failed: {v.file}: {r.reason}")
             bar.update(1)
@@ -905,10 +906,10 @@ def run_dataset(dataset: str, root, out="data", split: str | None = None,
         load_face_models(landmarks)
     workers = max(1, min(workers or _cpu_count(), len(jobs) or 1))
     own = ds_dir / shard.failures_name
-    done, failed = _process(jobs, workers, landmarks, name, root, failures, own)
+    done, failed = _process(jobs, workers, landmarks, name, failures, own)
     if shard.n > 1 and (failures or own.exists()):  # retried videos that succeeded leave it
         atomic_write(own, _failures_text(failures))
-    _write_summary(ds_dir, sorted({v.split for v in listed}), name, merge_shards=shard.n == 1)
+    _write_summary(ds_dir, sorted({v.split for v in listed}), merge_shards=shard.n == 1)
     fail_path = ds_dir / "failures.csv"
     print(f"{name}: done {done}, skipped {skipped + skipped_failed} "
           f"({skipped_failed} failed before), failed {failed}"
