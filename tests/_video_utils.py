@@ -1,7 +1,12 @@
-"""Tiny synthetic videos for the preprocessing tests (a real face from scikit-image)."""
+"""Tiny synthetic videos for the preprocessing tests (a real face from scikit-image), placeholder
+files, and the child processes of a command under test (from /proc)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import cv2
@@ -102,3 +107,43 @@ def ffpp_tree(root: Path, c: str = "c23", masks: bool = True) -> None:
             touch(root / f"manipulated_sequences/{m}/{c}/videos/{a}_{b}.mp4")
             if masks:
                 touch(root / f"manipulated_sequences/{m}/masks/videos/{a}_{b}.mp4")
+
+
+def live_children(pid: int) -> list[int]:
+    """Processes (not zombies) whose parent is pid."""
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                state, ppid = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[:2]
+            except (OSError, ValueError):
+                continue  # exited meanwhile
+            if int(ppid) == pid and state != "Z":
+                kids.append(int(entry))
+    return kids
+
+
+def alive(pid: int) -> bool:
+    """Running: a zombie has exited, and its new parent may not reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def kill_and_wait(process: subprocess.Popen, workers: list[int], seconds: float = 10) -> None:
+    """SIGKILL `process`, then give its `workers` `seconds` to exit on their own (torch's loader
+    workers check every 5 s whether their parent is still there)."""
+    process.kill()
+    process.wait()
+    deadline = time.time() + seconds
+    while any(map(alive, workers)) and time.time() < deadline:
+        time.sleep(0.1)
+
+
+def kill_all(process: subprocess.Popen, workers: list[int]) -> None:
+    """Leave nothing running to the other tests, whatever a test's outcome."""
+    process.kill()
+    for w in workers:
+        if alive(w):
+            os.kill(w, signal.SIGKILL)

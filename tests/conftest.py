@@ -82,6 +82,20 @@ def make_split_fixture():
 
 
 @pytest.fixture(scope="session")
+def train_tree(tmp_path_factory) -> Path:
+    """10 videos (2 per source) x 4 frames of 64 px: 40 training frames, 5 steps per epoch at batch 8."""
+    return make_tree(tmp_path_factory.mktemp("data"), videos_per_source=2, frames=(0, 3, 6, 9), size=64)
+
+
+@pytest.fixture(scope="session")
+def fast_flags() -> tuple[str, ...]:
+    """train.py flags for runs of seconds on the CPU: the tiny ViT, batch 8, no loader workers, a log
+    line every step, a learning rate that moves the tiny model within a few steps."""
+    return ("--clip", "tiny", "--batch-size", "8", "--workers", "0", "--log-every", "1", "--lr", "3e-3",
+            "--min-lr", "3e-4")
+
+
+@pytest.fixture(scope="session")
 def models() -> preprocess.FaceModels:
     """dlib's detector and the 68-point landmark model."""
     return preprocess.load_face_models()

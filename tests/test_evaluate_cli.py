@@ -8,7 +8,6 @@ import csv
 import errno
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+import _video_utils as U
 import evaluate
 import layouts
 
@@ -210,27 +210,6 @@ def test_full_disk_predictions_csv_row_by_row(tmp_path, tiny_ckpt):
 
 # ----------------------------------------------------------------------------- killed run
 
-def live_children(pid: int) -> list[int]:
-    """Processes (not zombies) whose parent is pid."""
-    kids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                state, ppid = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[:2]
-            except (OSError, ValueError):
-                continue
-            if int(ppid) == pid and state != "Z":
-                kids.append(int(entry))
-    return kids
-
-
-def alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
 def test_killed_evaluate_leaves_no_loader_workers(make_split, tmp_path, tiny_ckpt):
     data = tmp_path / "data"  # enough crops that the run is still scoring when killed
@@ -244,20 +223,12 @@ def test_killed_evaluate_leaves_no_loader_workers(make_split, tmp_path, tiny_ckp
         deadline, workers = time.time() + 120, []
         while len(workers) < 2 and p.poll() is None and time.time() < deadline:
             time.sleep(0.05)
-            workers = live_children(p.pid)
+            workers = U.live_children(p.pid)
         assert len(workers) == 2, "the DataLoader workers never started"
-        p.send_signal(signal.SIGKILL)
-        p.wait()
-        # torch's workers check every 5 s whether their parent is still there
-        deadline = time.time() + 10
-        while any(map(alive, workers)) and time.time() < deadline:
-            time.sleep(0.1)
-        assert not [w for w in workers if alive(w)], "loader workers outlived the killed evaluate.py"
+        U.kill_and_wait(p, workers)
+        assert not [w for w in workers if U.alive(w)], "loader workers outlived the killed evaluate.py"
     finally:
-        p.kill()
-        for w in workers:
-            if alive(w):
-                os.kill(w, signal.SIGKILL)
+        U.kill_all(p, workers)
 
 
 # ----------------------------------------------------------------------------- --curves

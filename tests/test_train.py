@@ -14,14 +14,6 @@ import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# 10 videos (2 per source) x 4 frames = 40 training frames: 5 steps per epoch at batch 8
-FAST = ["--clip", "tiny", "--batch-size", "8", "--workers", "0", "--log-every", "1", "--lr", "3e-3", "--min-lr", "3e-4"]
-
-
-@pytest.fixture(scope="module")
-def tree(tmp_path_factory, make_tree) -> Path:
-    return make_tree(tmp_path_factory.mktemp("data"), videos_per_source=2, frames=(0, 3, 6, 9), size=64)
-
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory, make_tree) -> Path:
@@ -30,7 +22,7 @@ def small(tmp_path_factory, make_tree) -> Path:
 
 
 def run(tree: Path, out: Path, *args: str) -> nn.Module:
-    return train.main(["--data", str(tree), "--out", str(out), *FAST, *args])
+    return train.main(["--data", str(tree), "--out", str(out), *args])
 
 
 def test_defaults_are_the_published_recipe_and_flags_override():
@@ -62,10 +54,10 @@ def fixed_batch(tree: Path):
     return images, labels
 
 
-def test_ln_tuning_learns_and_changes_only_layernorms_and_head(tree, tmp_path):
-    cfg = train.parse_args(FAST)
+def test_ln_tuning_learns_and_changes_only_layernorms_and_head(train_tree, fast_flags, tmp_path):
+    cfg = train.parse_args(fast_flags)
     start = clip_vit.build_detector("tiny")
-    images, labels = fixed_batch(tree)
+    images, labels = fixed_batch(train_tree)
 
     def objective(detector):
         with torch.no_grad():
@@ -75,7 +67,7 @@ def test_ln_tuning_learns_and_changes_only_layernorms_and_head(tree, tmp_path):
     torch.manual_seed(cfg.seed)  # the head train.py starts from
     start.head.reset_parameters()
     before = objective(start)
-    trained = run(tree, tmp_path, "--epochs", "2", "--no-val", "--name", "ln")
+    trained = run(train_tree, tmp_path, *fast_flags, "--epochs", "2", "--no-val", "--name", "ln")
     assert objective(trained) < before - 0.05, (before, objective(trained))
 
     start_sd, end_sd = start.state_dict(), trained.state_dict()
@@ -96,10 +88,10 @@ def test_ln_tuning_learns_and_changes_only_layernorms_and_head(tree, tmp_path):
     assert all(torch.equal(v, end_sd[k]) for k, v in reloaded.state_dict().items())
 
 
-def test_interrupted_and_resumed_run_is_bitwise_identical(small, tmp_path):
-    run(small, tmp_path, "--epochs", "2", "--name", "full")
+def test_interrupted_and_resumed_run_is_bitwise_identical(small, fast_flags, tmp_path):
+    run(small, tmp_path, *fast_flags, "--epochs", "2", "--name", "full")
     with pytest.raises(SystemExit, match="already holds a run"):
-        run(small, tmp_path, "--epochs", "2", "--name", "full")
+        run(small, tmp_path, *fast_flags, "--epochs", "2", "--name", "full")
 
     def log(run_name):
         lines = [json.loads(l) for l in (tmp_path / run_name / "log.jsonl").read_text().splitlines()]
@@ -107,7 +99,7 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(small, tmp_path):
 
     for cut in (4, 3):  # in the middle of epoch 1; exactly at the end of epoch 0
         name = f"cut{cut}"
-        run(small, tmp_path, "--epochs", "2", "--name", name, "--stop-after", str(cut))
+        run(small, tmp_path, *fast_flags, "--epochs", "2", "--name", name, "--stop-after", str(cut))
         assert torch.load(tmp_path / name / "last.pt", weights_only=True)["step"] == cut
         train.main(["--resume", str(tmp_path / name)])  # config.json holds the rest
         for file in ("last.pt", "best.pt"):
@@ -121,7 +113,7 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(small, tmp_path):
         assert log("full") == log(name)  # every logged loss, lr and val AUROC the same
 
 
-def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(small, tmp_path, monkeypatch):
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(small, fast_flags, tmp_path, monkeypatch):
     calls = []
     objective = train.objective
 
@@ -133,7 +125,7 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(small, 
     monkeypatch.setattr(train, "objective", poisoned)
     # the 4th step's loss is NaN; last.pt was saved after step 2 (--save-every) and 3 (epoch end)
     with pytest.raises(SystemExit, match=r"loss is nan at step 4 .*Last good checkpoint: .*last.pt \(step 3\)"):
-        run(small, tmp_path, "--epochs", "2", "--name", "nan", "--save-every", "2", "--no-val")
+        run(small, tmp_path, *fast_flags, "--epochs", "2", "--name", "nan", "--save-every", "2", "--no-val")
     ckpt = torch.load(tmp_path / "nan" / "last.pt", weights_only=True)
     assert ckpt["step"] == 3 and all(torch.isfinite(t).all() for t in ckpt["state_dict"].values())
 
@@ -168,9 +160,9 @@ dist.destroy_process_group()
 """
 
 
-def test_torchrun_two_processes_train_the_single_process_recipe_and_stop_and_resume_together(small, tmp_path):
+def test_torchrun_two_processes_train_the_single_process_recipe_and_stop_and_resume_together(small, fast_flags, tmp_path):
     # 10 frames at batch 3: global batches 3, 3, 3, 1 -> shares 2+1, 2+1, 2+1 and 1+0 (an empty share)
-    args = ["--data", str(small), "--out", str(tmp_path), *FAST, "--batch-size", "3", "--frames", "1",
+    args = ["--data", str(small), "--out", str(tmp_path), *fast_flags, "--batch-size", "3", "--frames", "1",
             "--epochs", "2", "--no-val"]
     script = tmp_path / "ddp_run.py"
     script.write_text(DDP_SCRIPT.format(root=str(ROOT)))

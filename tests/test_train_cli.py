@@ -13,25 +13,19 @@ from pathlib import Path
 import pytest
 import torch
 
+import _video_utils as U
 import clip_vit
 import layouts
 import train
 
 ROOT = Path(train.__file__).resolve().parent
-# 10 videos (2 per source) x 4 frames = 40 training frames: 5 steps per epoch at batch 8
-FAST = ["--clip", "tiny", "--batch-size", "8", "--workers", "0", "--log-every", "1", "--lr", "3e-3", "--min-lr", "3e-4"]
 
 
 @pytest.fixture(scope="module")
-def tree(tmp_path_factory, make_tree) -> Path:
-    return make_tree(tmp_path_factory.mktemp("data"), videos_per_source=2, frames=(0, 3, 6, 9), size=64)
-
-
-@pytest.fixture(scope="module")
-def finished(tree, tmp_path_factory) -> Path:
+def finished(train_tree, fast_flags, tmp_path_factory) -> Path:
     """A finished one-epoch run (config.json, log.jsonl, last.pt, best.pt)."""
     out = tmp_path_factory.mktemp("runs")
-    train.main(["--data", str(tree), "--out", str(out), *FAST, "--epochs", "1", "--name", "done"])
+    train.main(["--data", str(train_tree), "--out", str(out), *fast_flags, "--epochs", "1", "--name", "done"])
     return out / "done"
 
 
@@ -141,8 +135,8 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def test_sigterm_writes_last_pt_and_the_resumed_run_is_bitwise_identical(tree, tmp_path, one_thread):
-    args = ["--data", str(tree), "--out", str(tmp_path), *FAST, "--epochs", "2", "--no-val"]
+def test_sigterm_writes_last_pt_and_the_resumed_run_is_bitwise_identical(train_tree, fast_flags, tmp_path, one_thread):
+    args = ["--data", str(train_tree), "--out", str(tmp_path), *fast_flags, "--epochs", "2", "--no-val"]
     # with loader workers, in a process group of its own: the signal reaches the workers too (as a
     # cluster's SIGTERM does); they ignore it and train.py stops cleanly
     process = start(*args, "--name", "cut", "--workers", "2", start_new_session=True)
@@ -163,54 +157,28 @@ def test_sigterm_writes_last_pt_and_the_resumed_run_is_bitwise_identical(tree, t
     assert (tmp_path / "cut" / "best.pt").is_file()
 
 
-def children(pid: int) -> list[int]:
-    found = []
-    for status in Path("/proc").glob("[0-9]*/status"):
-        try:
-            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines() if ":\t" in line)
-        except OSError:
-            continue  # exited meanwhile
-        if int(fields.get("PPid", "0")) == pid:
-            found.append(int(status.parent.name))
-    return found
-
-
-def running(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"  # a zombie has exited; its new parent may not reap it
-
-
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads /proc")
-def test_loader_workers_exit_when_train_py_is_killed(tree, tmp_path):
-    process = start("--data", str(tree), "--out", str(tmp_path), *FAST, "--workers", "2", "--epochs", "500",
-                    "--no-val", "--name", "killed", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def test_loader_workers_exit_when_train_py_is_killed(train_tree, fast_flags, tmp_path):
+    process = start("--data", str(train_tree), "--out", str(tmp_path), *fast_flags, "--workers", "2",
+                    "--epochs", "500", "--no-val", "--name", "killed",
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     log, workers = tmp_path / "killed" / "log.jsonl", []
     try:
         deadline = time.time() + 120
         while not (log.is_file() and log.read_text().strip()) and process.poll() is None and time.time() < deadline:
             time.sleep(0.05)
-        workers = children(process.pid)
+        workers = U.live_children(process.pid)
         assert len(workers) >= 2 and process.poll() is None, workers
-        process.kill()
-        process.wait()
-        deadline = time.time() + 10  # torch's workers check their parent every 5 s
-        while any(running(w) for w in workers) and time.time() < deadline:
-            time.sleep(0.1)
-        assert not [w for w in workers if running(w)], "loader workers outlived the killed train.py"
+        U.kill_and_wait(process, workers)
+        assert not [w for w in workers if U.alive(w)], "loader workers outlived the killed train.py"
     finally:
-        process.kill()
-        for w in workers:
-            if running(w):
-                os.kill(w, signal.SIGKILL)
+        U.kill_all(process, workers)
 
 
-def test_validation_that_cannot_rank_still_writes_best_pt_and_says_why(make_tree, tmp_path):
+def test_validation_that_cannot_rank_still_writes_best_pt_and_says_why(make_tree, fast_flags, tmp_path):
     no_val = make_tree(tmp_path / "train_only", splits=("train",), videos_per_source=1, frames=(0, 3), size=64)
     one = make_tree(tmp_path / "one", videos_per_source=1, frames=(0, 3), size=64)
-    common = ["--out", str(tmp_path), *FAST, "--epochs", "1"]
+    common = ["--out", str(tmp_path), *fast_flags, "--epochs", "1"]
     runs = {"one_class": start("--data", str(one), "--sources", "Deepfakes", "FaceSwap",
                                "--name", "one_class", *common),
             "no_val": start("--data", str(no_val), "--name", "no_val", *common)}
@@ -228,9 +196,9 @@ def test_validation_that_cannot_rank_still_writes_best_pt_and_says_why(make_tree
         assert all(torch.equal(best["state_dict"][k], v) for k, v in last["state_dict"].items())
 
 
-def test_full_disk_is_one_line_naming_the_file_and_the_run_resumes(tree, tmp_path, monkeypatch):
-    args = ["--data", str(tree), "--out", str(tmp_path), *FAST, "--epochs", "1", "--no-val", "--save-every", "2",
-            "--name", "full"]
+def test_full_disk_is_one_line_naming_the_file_and_the_run_resumes(train_tree, fast_flags, tmp_path, monkeypatch):
+    args = ["--data", str(train_tree), "--out", str(tmp_path), *fast_flags, "--epochs", "1", "--no-val",
+            "--save-every", "2", "--name", "full"]
     run = tmp_path / "full"
     real_write, writes = layouts.atomic_write, []
 
