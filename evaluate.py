@@ -59,24 +59,6 @@ def display(dataset: str) -> str:
     return DISPLAY.get(base, base) + (f" {compression}" if compression else "")
 
 
-# ----------------------------------------------------------------------------- data
-
-def layout_help(data: Path, dataset: str, split: str) -> str:
-    """Where evaluate.py looks and the preprocess.py command that writes it."""
-    return (f"expected {data}/{dataset}/{split}/index.csv (columns "
-            f"{','.join(INDEX_FIELDS)}) and crops "
-            f"{data}/{dataset}/{split}/<source>/<video_id>/<frame>.png; create them with: "
-            f"{command_for(dataset, data)}")
-
-
-def find_split(data: Path, dataset: str, split: str = "test") -> Path | None:
-    """The split folder when it has a non-empty index.csv, else None."""
-    index = data / dataset / split / "index.csv"
-    if not index.is_file() or index.stat().st_size == 0:
-        return None
-    return index.parent
-
-
 # ----------------------------------------------------------------------------- outputs
 
 def cannot_write(path: Path, e: OSError) -> OSError:
@@ -148,31 +130,19 @@ def load_zero_shot(args) -> tuple[nn.Module, str, str]:
     return model, f"zero-shot CLIP {name}", str(Path("eval") / f"zero-shot-{tag}")
 
 
-def newest_run(runs: Path) -> Path | None:
-    found = sorted(runs.glob("*/best.pt"), key=lambda p: p.stat().st_mtime) if runs.is_dir() else []
-    return found[-1] if found else None
-
-
 def choose_checkpoint(args, benchmark: bool) -> str:
     """--checkpoint; else for benchmarks the newest runs/*/best.pt; else the authors' weights.
     Says which on stdout: a number in a table is worthless without knowing the model."""
     if args.checkpoint is not None:
         print(f"model: {args.checkpoint}")
         return args.checkpoint
-    newest = newest_run(Path(args.runs)) if benchmark else None
-    if newest is not None:
-        print(f"model: newest run's checkpoint {newest} (pass --checkpoint to choose another)")
-        return str(newest)
+    runs = sorted(Path(args.runs).glob("*/best.pt"), key=lambda p: p.stat().st_mtime) if benchmark else []
+    if runs:
+        print(f"model: newest run's checkpoint {runs[-1]} (pass --checkpoint to choose another)")
+        return str(runs[-1])
     why = f"no run found under {args.runs}/, " if benchmark else ""
     print(f"model: {why}using the authors' released weights (pass --checkpoint to use another)")
     return "authors"
-
-
-def load_model(args, benchmark: bool) -> tuple[nn.Module, str, str]:
-    """(model giving logits [N, 2] in eval mode on --device, a label for tables, the default
-    output folder)."""
-    model, label, out = load_zero_shot(args) if args.zero_shot else load_trained_detector(args, benchmark)
-    return model.to(torch.device(args.device)).eval(), label, out
 
 
 def load_trained_detector(args, benchmark: bool) -> tuple[nn.Module, str, str]:
@@ -180,9 +150,9 @@ def load_trained_detector(args, benchmark: bool) -> tuple[nn.Module, str, str]:
     source = choose_checkpoint(args, benchmark)
     path = Path(source)
     expected = "expected a file written by train.py (runs/<name>/best.pt), the authors' model.ckpt, or 'authors'"
-    if source != "authors" and path.is_dir():
-        raise IsADirectoryError(f"checkpoint {source} is a folder: {expected}")
     if source != "authors" and not path.is_file():
+        if path.is_dir():
+            raise IsADirectoryError(f"checkpoint {source} is a folder: {expected}")
         raise FileNotFoundError(f"checkpoint {source} not found: {expected}")
     try:
         detector = clip_vit.load_detector(source, clip=args.clip, device="cpu")
@@ -240,15 +210,16 @@ def distributed(args):
         dist.destroy_process_group()
 
 
-def load_model_in_turn(args, benchmark: bool) -> tuple[nn.Module, str, str]:
-    """load_model; under torchrun rank 0 first (it downloads what is missing), then the others
-    from the cache, rather than every rank downloading the same files at once."""
-    if args.world > 1 and args.rank > 0:
+def load_model(args, benchmark: bool) -> tuple[nn.Module, str, str]:
+    """(model giving logits [N, 2] in eval mode on --device, a label for tables, the default
+    output folder). Under torchrun rank 0 loads first (it downloads what is missing), then the
+    others from the cache, rather than every rank downloading the same files at once."""
+    if args.rank > 0:
         dist.barrier()
-    loaded = load_model(args, benchmark)
+    model, label, out = load_zero_shot(args) if args.zero_shot else load_trained_detector(args, benchmark)
     if args.world > 1 and args.rank == 0:
         dist.barrier()
-    return loaded
+    return model.to(torch.device(args.device)).eval(), label, out
 
 
 def score_frames(model: nn.Module, items: list, args, desc: str) -> np.ndarray:
@@ -258,11 +229,11 @@ def score_frames(model: nn.Module, items: list, args, desc: str) -> np.ndarray:
     device = torch.device(args.device)
     if args.world == 1:
         return predict(model, items, device, args.batch_size, args.workers, desc)
-    share, error = np.zeros(0), None
+    error = None
     try:
         share = predict(model, items[args.rank::args.world], device, args.batch_size, args.workers, desc)
     except DataError as e:
-        error = str(e)
+        share, error = np.zeros(0), str(e)
     parts: list = [None] * args.world
     dist.all_gather_object(parts, (share, error))
     errors = [e for _, e in parts if e]
@@ -409,12 +380,6 @@ class Figure:
         return int(round(self.left + fx * self.side)), int(round(self.top + (1 - fy) * self.side))
 
 
-def new_figure(x: Axis, y: Axis, size: int = 560) -> Figure:
-    left, right, top, bottom = 70, 20, 50, 60
-    side = size - left - right
-    return Figure(np.full((top + side + bottom, size, 3), 255, np.uint8), left, top, side, x, y)
-
-
 def draw_grid(fig: Figure) -> None:
     """Grid lines with tick labels below and left of the plot, and its frame."""
     x, y = fig.x, fig.y
@@ -468,7 +433,9 @@ def write_figure(path: Path, title: str, x: Axis, y: Axis, lines: list[tuple[str
                  markers: bool = False, chance: bool = False) -> None:
     """Lines (legend text, xs, ys), one colour each, with a grid, a legend and labels, as a PNG;
     markers: a dot on every point; chance: the dashed diagonal of a ROC plot."""
-    fig = new_figure(x, y)
+    width, left, right, top, bottom = 560, 70, 20, 50, 60
+    side = width - left - right
+    fig = Figure(np.full((top + side + bottom, width, 3), 255, np.uint8), left, top, side, x, y)
     draw_grid(fig)
     if chance:
         for i in range(0, 40, 2):
@@ -608,6 +575,22 @@ def run_curves(args) -> list[Curve]:
 
 # ----------------------------------------------------------------------------- benchmarks
 
+def layout_help(data: Path, dataset: str, split: str) -> str:
+    """Where evaluate.py looks and the preprocess.py command that writes it."""
+    return (f"expected {data}/{dataset}/{split}/index.csv (columns "
+            f"{','.join(INDEX_FIELDS)}) and crops "
+            f"{data}/{dataset}/{split}/<source>/<video_id>/<frame>.png; create them with: "
+            f"{command_for(dataset, data)}")
+
+
+def find_split(data: Path, dataset: str, split: str = "test") -> Path | None:
+    """The split folder when it has a non-empty index.csv, else None."""
+    index = data / dataset / split / "index.csv"
+    if not index.is_file() or index.stat().st_size == 0:
+        return None
+    return index.parent
+
+
 def no_data_error(data_dir: Path, names: list[str], split: str) -> str:
     """Nothing to evaluate: the layout evaluate.py expects and the command that writes it."""
     if not data_dir.is_dir():
@@ -645,7 +628,7 @@ def load_benchmarks(args) -> tuple[dict, dict[str, Path], list[str], dict[str, s
 
 def run_benchmarks(args) -> dict:
     videos, found, missing, failed = load_benchmarks(args)
-    model, label, default_out = load_model_in_turn(args, benchmark=True)
+    model, label, default_out = load_model(args, benchmark=True)
     out = Path(args.out or default_out)
     results = {}
     for d in videos:
@@ -655,8 +638,8 @@ def run_benchmarks(args) -> dict:
             failed[d] = str(e)
     if not results:
         raise DataError("; ".join(failed.values()))
-    for d, why in failed.items():
-        if args.rank == 0:
+    if args.rank == 0:  # ranks > 0 show what they write to stderr
+        for d, why in failed.items():
             print(f"{display(d)}: not evaluated: {why}", file=sys.stderr)
     return write_summary(args, out, label, results, missing, failed)
 
@@ -788,23 +771,24 @@ class PredictionsCSV:
 
     def __init__(self, path: Path):
         self.path = path
+        self.rows = 0  # on disk
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self.file = open(path, "w", newline="")
+            self.writer = csv.DictWriter(self.file, fieldnames=list(row(Path())))
+            self.writer.writeheader()
+            self.file.flush()
         except OSError as e:
             raise cannot_write(path, e) from None
-        self.writer = csv.DictWriter(self.file, fieldnames=list(row(Path())))
-        self.rows = 0  # on disk
-        self.write_rows(None)
 
-    def write_rows(self, rows: list[dict] | None) -> None:
-        """The rows (None: the header), on disk when this returns."""
+    def write_rows(self, rows: list[dict]) -> None:
+        """The rows, on disk when this returns."""
         try:
-            self.writer.writeheader() if rows is None else self.writer.writerows(rows)
+            self.writer.writerows(rows)
             self.file.flush()
         except OSError as e:
             raise cannot_write(self.path, e) from None
-        self.rows += len(rows or [])
+        self.rows += len(rows)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):  # every row was flushed (or its error raised) already
@@ -930,9 +914,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     check_device(p, args)
     if args.save_crops and not files:
         p.error("--save-crops goes with --video/--image/--input")
-    inside = args.save_crops and args.input and \
-        Path(args.save_crops).resolve().is_relative_to(Path(args.input).resolve())
-    if inside:
+    if args.save_crops and args.input and \
+            Path(args.save_crops).resolve().is_relative_to(Path(args.input).resolve()):
         p.error("--save-crops inside --input: the next run would score the crops as images")
     return args
 
@@ -948,7 +931,7 @@ def main(argv=None):
                 return run_benchmarks(args)
             return score_files(args)
     except (ValueError, OSError) as e:  # DataError, bad checkpoint, unwritable output, ...
-        raise SystemExit("error: " + " ".join(str(e).split("\n"))) from None
+        raise SystemExit("error: " + str(e).replace("\n", " ")) from None
     except KeyboardInterrupt:
         raise SystemExit("error: interrupted (outputs already written are complete)") from None
 
