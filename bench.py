@@ -57,7 +57,7 @@ VIT_L14_FLOPS = 162.2e9  # one 224x224 image through the ViT-L/14 image tower (2
 PARTS = ("forward", "train_step", "preprocess", "data")
 FFPP_TRAIN_VIDEOS = 720  # per source in FF++'s official train split (x 5 sources x 32 frames = 115,200)
 HERE = Path(__file__).resolve().parent
-SMALL_FACE_ZOOM, TYPICAL_FACE_ZOOM = 0.75, 2.0  # astronaut photo scale: dlib box ~70 px, ~180-200 px
+FACE_ZOOMS = {"small_faces": 0.75, "typical_faces": 2.0}  # astronaut photo scale: dlib box ~70 px, ~180-200 px
 
 
 # ----------------------------------------------------------------------------- timing helpers
@@ -67,10 +67,9 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn, device: torch.device, repeat: int, warmup: int = 1) -> float:
-    """Best wall time of `repeat` calls after `warmup` (the best is the least disturbed)."""
-    for _ in range(warmup):
-        fn()
+def timed(fn, device: torch.device, repeat: int) -> float:
+    """Best wall time of `repeat` calls after a warm-up call (the best is the least disturbed)."""
+    fn()
     times = []
     for _ in range(repeat):
         sync(device)
@@ -83,7 +82,7 @@ def timed(fn, device: torch.device, repeat: int, warmup: int = 1) -> float:
 
 def autocast(device: torch.device):
     # bf16 on CUDA as train.py; fp32 on the CPU, where bf16 runs 6-8x slower
-    return torch.autocast("cuda", torch.bfloat16) if device.type == "cuda" else torch.autocast("cpu", enabled=False)
+    return torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
 
 
 def gemm_flops(device: torch.device, n: int) -> float:
@@ -206,9 +205,7 @@ def bench_train_step(model: str, device: torch.device, batch: int, repeat: int, 
         else:
             r = train_step_subprocess(model, batch, repeat, checkpointing)
         if "error" not in r:
-            r = {"images_per_s": batch / r["seconds"], "seconds": r["seconds"],
-                 "ratio_to_forward": r["seconds"] / forward_seconds, "peak_memory_mb": r["peak_memory_mb"],
-                 "peak_memory_total_mb": r["peak_memory_total_mb"], "time_shares": r["time_shares"]}
+            r = {"images_per_s": batch / r["seconds"], "ratio_to_forward": r["seconds"] / forward_seconds, **r}
         result["checkpointing" if checkpointing else "plain"] = r
     return {"batch_size": batch, **result["plain"], "checkpointing": result["checkpointing"]}
 
@@ -280,7 +277,7 @@ def bench_data(n_images: int | None, batch: int, pin_memory: bool) -> dict:
 
 # ----------------------------------------------------------------------------- preprocessing
 
-def synthetic_720p_video(path: Path, n_frames: int = 32, zoom: float = 1.7, phase: int = 0) -> Path:
+def synthetic_720p_video(path: Path, n_frames: int, zoom: float = 1.7, phase: int = 0) -> Path:
     """scikit-image's astronaut photo (a real face) moving and zooming inside 1280x720 frames.
     zoom 1.7: a dlib face box of ~155-175 px, as in FF++'s 720p videos; 0.75: ~70 px. `phase`
     moves and turns each video of a dataset differently."""
@@ -331,22 +328,26 @@ def bench_preprocess(video: Path | None, n_frames: int) -> dict:
             "keypoint_px": statistics.fmean(distances) if distances else None}
 
 
+def largest_face(image: np.ndarray, models):
+    """The largest dlib face box in `image` (upsample 1, as the reference), or None."""
+    rects = models.detector(image, 1)
+    return max(rects, key=lambda r: r.width() * r.height()) if len(rects) else None
+
+
 def _keypoints_in_crop(image: np.ndarray, models) -> np.ndarray | None:
     import preprocess as pp
-    rects = models.detector(image, 1)
-    if len(rects) == 0:
+    face = largest_face(image, models)
+    if face is None:
         return None
-    largest = max(rects, key=lambda r: r.width() * r.height())
-    return pp.landmarks5(image, (largest.left(), largest.top(), largest.right(), largest.bottom()), models)
+    return pp.landmarks5(image, (face.left(), face.top(), face.right(), face.bottom()), models)
 
 
 def face_box_px(video: Path) -> int | None:
-    """Width of the largest dlib face box in the video's first frame (full frame, upsample 1)."""
+    """Width of the largest dlib face box in the video's first frame."""
     import preprocess as pp
-    models = pp.load_face_models()
     _, frames = pp.read_frames(video, 1)
-    rects = models.detector(frames[0], 1)
-    return max(r.width() for r in rects) if len(rects) else None
+    face = largest_face(frames[0], pp.load_face_models())
+    return None if face is None else face.width()
 
 
 def preprocess_run(root: Path, out: Path, n_frames: int, reference: bool) -> float:
@@ -378,11 +379,6 @@ def preprocess_case(zoom: float, n_videos: int, n_frames: int) -> dict:
             "frames_per_s": frames / seconds, "crops": crops[0], "reference_seconds": reference_seconds,
             "reference_frames_per_s": frames / reference_seconds, "reference_crops": crops[1],
             "speedup": reference_seconds / seconds}
-
-
-def bench_preprocess_runs(n_videos: int, n_frames: int) -> dict:
-    return {"small_faces": preprocess_case(SMALL_FACE_ZOOM, n_videos, n_frames),
-            "typical_faces": preprocess_case(TYPICAL_FACE_ZOOM, n_videos, n_frames)}
 
 
 # ----------------------------------------------------------------------------- bottleneck, recipe
@@ -454,7 +450,7 @@ def preprocess_rows(p: dict) -> list[str]:
     px = "n/a" if p["keypoint_px"] is None else f"{p['keypoint_px']:.2f} px"
     rows = [f"| preprocess ({p['frame_size'][1]}x{p['frame_size'][0]}, 1 core) | {p['frames_per_s']:.1f} frames/s vs "
             f"reference {p['reference_frames_per_s']:.1f} ({p['speedup']:.1f}x), keypoints {px} |"]
-    for name in ("small_faces", "typical_faces"):
+    for name in FACE_ZOOMS:
         c = p[name]
         face = f"~{c['face_px']} px" if c["face_px"] else "no face found"
         what = f"{name.replace('_', ' ')} ({face}), {c['videos']} x {c['frames'] // c['videos']}-frame videos"
@@ -582,7 +578,8 @@ def main(argv: list[str] | None = None) -> dict:
         stage("preprocessing and the reference procedure")
         results["preprocess"] = bench_preprocess(args.video, args.frames)
         stage(f"whole preprocess.py runs, small and typical faces: {args.preprocess_videos} x {args.frames}-frame videos")
-        results["preprocess"] |= bench_preprocess_runs(args.preprocess_videos, args.frames)
+        results["preprocess"] |= {name: preprocess_case(zoom, args.preprocess_videos, args.frames)
+                                  for name, zoom in FACE_ZOOMS.items()}
 
     print(f"{results['device']}\n\n{table(results)}")
     if args.json:
