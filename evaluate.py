@@ -496,9 +496,9 @@ def parse_record(line: str, where: str) -> dict | None:
     if not record.get("epoch_done") or "val_video_auroc" not in record:
         return None
     value, step, epoch = record["val_video_auroc"], record.get("step"), record.get("epoch")
-    numbers = [type(step) is int, type(epoch) is int,
-               value is None or (type(value) in (int, float) and 0 <= value <= 1)]
-    if not all(numbers):
+    valid = (type(step) is int and type(epoch) is int
+             and (value is None or (type(value) in (int, float) and 0 <= value <= 1)))
+    if not valid:
         raise DataError(f"{where}: a validation record needs an integer step and epoch and "
                         f"val_video_auroc in [0, 1] or null, found {line.strip()[:120]}")
     return record
@@ -583,7 +583,7 @@ def layout_help(data: Path, dataset: str, split: str) -> str:
             f"{command_for(dataset, data)}")
 
 
-def find_split(data: Path, dataset: str, split: str = "test") -> Path | None:
+def find_split(data: Path, dataset: str, split: str) -> Path | None:
     """The split folder when it has a non-empty index.csv, else None."""
     index = data / dataset / split / "index.csv"
     if not index.is_file() or index.stat().st_size == 0:
