@@ -60,6 +60,10 @@ HERE = Path(__file__).resolve().parent
 FACE_ZOOMS = {"small_faces": 0.75, "typical_faces": 2.0}  # astronaut photo scale: dlib box ~70 px, ~180-200 px
 
 
+
+class BenchError(RuntimeError):
+    """A stage that cannot run here: a missing package, a failed subprocess (main says it in one line)."""
+
 # ----------------------------------------------------------------------------- timing helpers
 
 def sync(device: torch.device) -> None:
@@ -192,7 +196,7 @@ def train_step_subprocess(model: str, batch: int, repeat: int, checkpointing: bo
             f"torch.device('cpu'), {batch}, {repeat}, {checkpointing})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=HERE)
     if out.returncode != 0:  # its traceback, not only "exit status 1"
-        raise RuntimeError(f"the training step failed in its own process:\n{out.stderr[-3000:]}")
+        raise BenchError(f"the training step failed in its own process:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -284,7 +288,7 @@ def synthetic_720p_video(path: Path, n_frames: int, zoom: float = 1.7, phase: in
     try:
         from skimage import data as skimage_data
     except ImportError:
-        raise SystemExit("the preprocessing benchmark needs scikit-image (`pip install scikit-image`) for its "
+        raise BenchError("the preprocessing benchmark needs scikit-image (`pip install scikit-image`) for its "
                          "synthetic videos; pass --parts without preprocess to skip it") from None
     face = cv2.cvtColor(skimage_data.astronaut(), cv2.COLOR_RGB2BGR)                   # [512, 512, 3]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 25, (1280, 720))
@@ -359,7 +363,7 @@ def preprocess_run(root: Path, out: Path, n_frames: int, reference: bool) -> flo
     seconds = time.perf_counter() - start
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise SystemExit(f"bench: `{' '.join(command)}` failed ({done.returncode}): {tail[0]}")
+        raise BenchError(f"`{' '.join(command)}` failed ({done.returncode}): {tail[0]}")
     return seconds
 
 
@@ -544,6 +548,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
+    try:
+        return run(args)
+    except BenchError as e:
+        raise SystemExit(f"bench: {e}") from None
+
+
+def run(args: argparse.Namespace) -> dict:
     parts, device = args.parts.split(","), args.device
     cuda = device.type == "cuda"
     if cuda:
