@@ -60,9 +60,9 @@ HERE = Path(__file__).resolve().parent
 FACE_ZOOMS = {"small_faces": 0.75, "typical_faces": 2.0}  # astronaut photo scale: dlib box ~70 px, ~180-200 px
 
 
-
 class BenchError(RuntimeError):
     """A stage that cannot run here: a missing package, a failed subprocess (main says it in one line)."""
+
 
 # ----------------------------------------------------------------------------- timing helpers
 
