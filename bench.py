@@ -488,33 +488,14 @@ def table(results: dict) -> str:
 
 # ----------------------------------------------------------------------------- command line
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
-    return value
-
-
 def device_arg(text: str) -> torch.device:
-    """cpu, cuda or cuda:N, checked here so that a wrong one is a usage error, not a traceback later."""
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise argparse.ArgumentTypeError(f"unknown device {text!r}: use cpu, cuda or cuda:N") from None
-    if device.type not in ("cpu", "cuda"):
-        raise argparse.ArgumentTypeError(f"unsupported device {text!r}: use cpu, cuda or cuda:N")
-    if device.type == "cpu":
-        return device
-    if not torch.cuda.is_available():
-        raise argparse.ArgumentTypeError(f"{text}: no CUDA GPU here (torch.cuda.is_available() is False); "
-                                         "use --device cpu")
-    index = device.index or 0  # an explicit index: the memory counters and the name need one
-    if index >= torch.cuda.device_count():
-        raise argparse.ArgumentTypeError(f"{text}: only {torch.cuda.device_count()} CUDA device(s) here")
-    return torch.device("cuda", index)
+    """train.py's --device check (valid and present), as a torch.device with an explicit index (the
+    memory counters and the card's name need one)."""
+    name = train.device_flag(text)
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    return torch.device("cuda", device.index or 0) if device.type == "cuda" else device
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -524,20 +505,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
                         help="cpu, cuda or cuda:N (default: cuda when there is a GPU)")
-    parser.add_argument("--batch-size", type=positive_int, default=None,
+    parser.add_argument("--batch-size", type=train.at_least(int, 1), default=None,
                         help=f"default {train.TrainConfig().batch_size} (the paper's) on CUDA, 8 on CPU")
-    parser.add_argument("--repeat", type=positive_int, default=None,
+    parser.add_argument("--repeat", type=train.at_least(int, 1), default=None,
                         help="timed repetitions (default 2 on CPU, 10 on CUDA)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
     parser.add_argument("--model", choices=("vit-l-14", "tiny"), default="vit-l-14",
                         help="tiny: only to test this script")
     parser.add_argument("--video", type=Path, default=None, help="720p video for the keypoint comparison "
                         "(default: a synthetic one from scikit-image's astronaut photo)")
-    parser.add_argument("--frames", type=positive_int, default=32,
+    parser.add_argument("--frames", type=train.at_least(int, 1), default=32,
                         help="frames per video in the preprocessing part")
-    parser.add_argument("--preprocess-videos", type=positive_int, default=3,
+    parser.add_argument("--preprocess-videos", type=train.at_least(int, 1), default=3,
                         help="videos per whole preprocess.py run (small and typical faces)")
-    parser.add_argument("--data-images", type=positive_int, default=None,
+    parser.add_argument("--data-images", type=train.at_least(int, 1), default=None,
                         help="images through the loader (default: 256, or 3 batches per worker if more)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)

@@ -24,7 +24,6 @@ import errno
 import json
 import math
 import os
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ import clip_vit
 import layouts
 import preprocess
 from data import compute_metrics, predict, video_scores  # noqa: F401 (documented here too)
+from train import at_least, device_flag
 from layouts import (FFPP_METHODS, IMAGE_EXTS, INDEX_FIELDS, VIDEO_EXTS, DataError, Video,
                      command_for, load_videos)
 
@@ -818,25 +818,6 @@ def score_files(args) -> list[dict]:
 
 # ----------------------------------------------------------------------------- command line
 
-def positive_int(text: str) -> int:
-    if not re.fullmatch(r"\s*\d+\s*", text) or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number > 0, got {text!r}")
-    return int(text)
-
-
-def count(text: str) -> int:
-    if not re.fullmatch(r"\s*\d+\s*", text):
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return int(text)
-
-
-def device_name(text: str) -> str:
-    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a device: use cpu, cuda or cuda:N "
-                                         f"(N = GPU index)")
-    return text
-
-
 def prompt(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError("a prompt is empty: give two texts, e.g. "
@@ -869,28 +850,25 @@ def build_parser() -> argparse.ArgumentParser:
                    "checkpoint; eval/authors; eval/zero-shot-<clip>; --curves: the current folder)")
     p.add_argument("--x", choices=["step", "epoch"], default="step", help="--curves: x axis")
     p.add_argument("--save-crops", help="keep the face crops of --video/--image/--input here")
-    p.add_argument("--frames", type=positive_int, default=32, help="frames sampled per video (files)")
+    p.add_argument("--frames", type=at_least(int, 1), default=32, help="frames sampled per video (files)")
     p.add_argument("--landmarks", help="dlib landmark model (default: 68-point from face-recognition-models)")
-    p.add_argument("--batch-size", type=positive_int, default=64)
-    p.add_argument("--workers", type=count, default=min(4, os.cpu_count() or 1))
-    p.add_argument("--device", type=device_name, default="cuda" if torch.cuda.is_available() else "cpu",
-                   help="cpu, cuda or cuda:N (under torchrun with cuda: cuda:LOCAL_RANK)")
+    p.add_argument("--batch-size", type=at_least(int, 1), default=64)
+    p.add_argument("--workers", type=at_least(int, 0), default=min(4, os.cpu_count() or 1))
+    p.add_argument("--device", type=device_flag, default="auto",
+                   help="auto (cuda when there is a GPU), cpu, cuda or cuda:N (under torchrun with cuda: "
+                   "cuda:LOCAL_RANK)")
     return p
 
 
-def check_device(p: argparse.ArgumentParser, args) -> None:
-    """--device present here; under torchrun with CUDA each rank takes GPU LOCAL_RANK."""
-    if not args.device.startswith("cuda"):
-        return
-    if not torch.cuda.is_available():
-        p.error(f"--device {args.device}: no CUDA GPU is available here (use --device cpu)")
-    n = torch.cuda.device_count()
-    if args.world > 1:
+def resolve_device(p: argparse.ArgumentParser, args) -> None:
+    """--device auto -> cuda or cpu; under torchrun with CUDA each rank takes GPU LOCAL_RANK."""
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device.startswith("cuda") and args.world > 1:
+        n = torch.cuda.device_count()
+        if args.local_rank >= n:
+            p.error(f"--device cuda (torchrun LOCAL_RANK {args.local_rank}): this machine has {n} GPU(s)")
         args.device = f"cuda:{args.local_rank}"
-    index = int(args.device.partition(":")[2] or 0)
-    if index >= n:
-        where = f" (torchrun LOCAL_RANK {args.local_rank})" if args.world > 1 else ""
-        p.error(f"--device {args.device}{where}: this machine has {n} GPU(s), cuda:0 to cuda:{n - 1}")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -911,7 +889,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                 "not torchrun")
     if args.zero_shot and args.checkpoint:
         p.error("--zero-shot uses CLIP's text prompts, not a --checkpoint: give one or the other")
-    check_device(p, args)
+    resolve_device(p, args)
     if args.save_crops and not files:
         p.error("--save-crops goes with --video/--image/--input")
     if args.save_crops and args.input and \

@@ -137,6 +137,7 @@ RUN_CONTROL = {"resume", "stop_after"}  # never taken from a resumed run's confi
 # ----------------------------------------------------------------------------------------------
 
 def at_least(kind: type, minimum: float) -> Callable[[str], float]:
+    """argparse type: a `kind` number >= minimum (also used by evaluate.py and bench.py)."""
     def check(value):
         number = kind(value)  # ValueError -> argparse's "invalid int value"
         if number < minimum:
@@ -147,7 +148,8 @@ def at_least(kind: type, minimum: float) -> Callable[[str], float]:
 
 
 def device_flag(value: str) -> str:
-    """auto, cpu, cuda or cuda:N of a GPU that is there."""
+    """argparse type: auto, cpu, cuda or cuda:N of a GPU that is there (also used by evaluate.py and
+    bench.py)."""
     if value in ("auto", "cpu"):
         return value
     try:
@@ -158,8 +160,9 @@ def device_flag(value: str) -> str:
         raise argparse.ArgumentTypeError(f"{value!r} is not a device: use auto, cpu, cuda or cuda:N")
     if not torch.cuda.is_available():
         raise argparse.ArgumentTypeError(f"{value}: no CUDA GPU on this machine; use --device cpu (or auto)")
-    if (device.index or 0) >= torch.cuda.device_count():
-        raise argparse.ArgumentTypeError(f"{value}: this machine has {torch.cuda.device_count()} GPU(s)")
+    n = torch.cuda.device_count()
+    if (device.index or 0) >= n:
+        raise argparse.ArgumentTypeError(f"{value}: this machine has {n} GPU(s), cuda:0 to cuda:{n - 1}")
     return value
 
 

@@ -75,9 +75,9 @@ def finished(tmp_path) -> Path:
 # ----------------------------------------------------------------------------- flags
 
 def test_bad_flags_refused_at_parse_time(tmp_path):
-    cases = {"--batch-size": (["--batch-size", "0"], "expected a whole number > 0, got '0'"),
-             "--workers": (["--workers", "-1"], "expected a whole number >= 0, got '-1'"),
-             "--device": (["--device", "gpu"], "'gpu' is not a device: use cpu, cuda or cuda:N")}
+    cases = {"--batch-size": (["--batch-size", "0"], "must be at least 1, got 0"),
+             "--workers": (["--workers", "-1"], "must be at least 0, got -1"),
+             "--device": (["--device", "gpu"], "'gpu' is not a device: use auto, cpu, cuda or cuda:N")}
     results = run_cli(*[argv + ["--data", tmp_path] for argv, _ in cases.values()])
     for (flag, (_, message)), r in zip(cases.items(), results):
         line = assert_one_line_error(r, f"argument {flag}: {message}", status=2)
@@ -87,10 +87,10 @@ def test_bad_flags_refused_at_parse_time(tmp_path):
 
 def test_more_bad_flags(capsys):
     """The same argparse path as above, in-process (a subprocess costs a torch import)."""
-    cases = [(["--video", "v.mp4", "--frames", "-3"], "argument --frames: expected a whole number > 0"),
+    cases = [(["--video", "v.mp4", "--frames", "-3"], "argument --frames: must be at least 1, got -3"),
              (["--zero-shot", "--prompts", "", "fake"], "argument --prompts: a prompt is empty")]
     if not evaluate.torch.cuda.is_available():
-        cases.append((["--device", "cuda:5"], "--device cuda:5: no CUDA GPU is available here"))
+        cases.append((["--device", "cuda:5"], "argument --device: cuda:5: no CUDA GPU on this machine"))
     for argv, message in cases:
         with pytest.raises(SystemExit) as e:
             evaluate.parse_args(argv)
@@ -104,7 +104,7 @@ def test_device_index_beyond_the_gpus_refused(monkeypatch, capsys):
     with pytest.raises(SystemExit) as e:
         evaluate.parse_args(["--device", "cuda:5"])
     assert e.value.code == 2
-    assert "--device cuda:5: this machine has 2 GPU(s), cuda:0 to cuda:1" in capsys.readouterr().err
+    assert "argument --device: cuda:5: this machine has 2 GPU(s), cuda:0 to cuda:1" in capsys.readouterr().err
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("LOCAL_RANK", "1")
     assert evaluate.parse_args(["--device", "cuda"]).device == "cuda:1"
