@@ -549,6 +549,14 @@ def _masks_at(path: Path, indices: list[int], shape: tuple[int, int]) -> dict[in
             cv2.resize(m, shape[::-1], interpolation=cv2.INTER_NEAREST) for i, m in masks.items()}
 
 
+def crop_png(crop: FaceCrop) -> bytes:
+    """The crop's RGB image as the bytes of a PNG file <frame>.png."""
+    ok, png = cv2.imencode(".png", cv2.cvtColor(crop.image, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"cannot encode the crop of frame {crop.frame} as PNG")
+    return png.tobytes()
+
+
 def _save(path: Path, data: bytes) -> None:
     """Write a file in Python (not cv2.imwrite, which reports a full disk only by returning
     False): a failure is an OSError that names the file."""
@@ -567,10 +575,7 @@ def _write_video(out_dir: Path, crops: list[FaceCrop], meta: dict) -> None:
     try:
         tmp.mkdir(parents=True)
         for c in crops:
-            ok, png = cv2.imencode(".png", cv2.cvtColor(c.image, cv2.COLOR_RGB2BGR))
-            if not ok:
-                raise ValueError(f"cannot encode the crop of frame {c.frame} as PNG")
-            _save(tmp / f"{c.frame}.png", png.tobytes())
+            _save(tmp / f"{c.frame}.png", crop_png(c))
         _save(tmp / "meta.json", json.dumps(meta).encode())
         if out_dir.exists():  # a folder without meta.json: not finished, replace it
             shutil.rmtree(out_dir)
