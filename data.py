@@ -35,6 +35,7 @@ from tqdm import tqdm
 import clip_vit
 from layouts import FFPP_SOURCES, DataError, Video, load_videos  # noqa: F401 (re-exported)
 
+
 def eval_transform(size: int = 224) -> Callable[[torch.Tensor], torch.Tensor]:
     """The CLIP transform (clip_vit.image_transform): uint8 [3, H, W] -> float [3, size, size],
     shortest side resized (bicubic), centre-cropped, normalised with the OpenAI mean/std."""
@@ -347,5 +348,11 @@ def score_videos(model: torch.nn.Module, videos: list[Video], device: torch.devi
                  workers: int = 0, desc: str = "frames") -> tuple[np.ndarray, np.ndarray]:
     """Every crop of `videos` scored: (frame p_fake [F], video p_fake [V] = mean over its frames)."""
     frame_p = predict(model, [f for v in videos for f in v.frames], device, batch_size, workers, desc)
+    return frame_p, video_means(videos, frame_p)
+
+
+def video_means(videos: list[Video], frame_p: np.ndarray) -> np.ndarray:
+    """The video scores of `videos`, in their order, from the p_fake of all their frames in order
+    (video_scores keyed by each video's crop folder): [V]."""
     per_video = video_scores([v.path for v in videos for _ in v.frames], frame_p)
-    return frame_p, np.array([per_video[v.path] for v in videos])
+    return np.array([per_video[v.path] for v in videos])

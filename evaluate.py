@@ -40,10 +40,10 @@ from tqdm import tqdm
 import clip_vit
 import layouts
 import preprocess
-from data import compute_metrics, predict, video_scores  # noqa: F401 (documented here too)
-from train import at_least, device_flag
+from data import compute_metrics, predict, video_means, video_scores  # noqa: F401 (documented here too)
 from layouts import (FFPP_METHODS, IMAGE_EXTS, INDEX_FIELDS, VIDEO_EXTS, DataError, Video,
                      command_for, load_videos)
+from train import at_least, device_flag
 
 # the paper's cross-dataset columns, in its order, and how the table names them
 PAPER_DATASETS = ["cdfv2", "dfd", "dfdc", "ffiw", "dsv1"]
@@ -251,8 +251,7 @@ def evaluate_dataset(model: nn.Module, dataset: str, split_dir: Path, videos: li
                      args, out_dir: Path, label: str) -> dict:
     """Score every crop of a split; rank 0 writes videos.csv, metrics.json and roc.png under out_dir."""
     scores = score_frames(model, [f for v in videos for f in v.frames], args, f"{dataset} {split_dir.name}")
-    per_video = video_scores([v.path for v in videos for _ in v.frames], scores)  # mean p_fake
-    video_p = np.array([per_video[v.path] for v in videos])
+    video_p = video_means(videos, scores)  # mean p_fake of each video's frames
     frame_labels = np.array([v.label for v in videos for _ in v.frames])
     video_labels = np.array([v.label for v in videos])
 
@@ -706,7 +705,7 @@ def save_crops(folder: Path, tracks: list[list[preprocess.FaceCrop]]) -> None:
     for k, track in enumerate(tracks):
         for c in track:
             path = folder / f"person{k + 1}" / f"{c.frame}.png"
-            write_output(path, png_bytes(cv2.cvtColor(c.image, cv2.COLOR_RGB2BGR)))
+            write_output(path, preprocess.crop_png(c))
 
 
 def row(path: Path, person: int | None = None, seen: int = 0, with_face: int = 0,
