@@ -32,7 +32,8 @@ IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 # FF++ manipulation methods and the short names tables use; the paper trains on the first four
 FFPP_METHODS = {"Deepfakes": "DF", "Face2Face": "F2F", "FaceSwap": "FS", "NeuralTextures": "NT",
                 "FaceShifter": "FSh"}
-FFPP_SOURCES = ("youtube", "Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures")  # the paper's training set
+# the paper's training set: the real videos (youtube) and the first four methods
+FFPP_SOURCES = ("youtube", *list(FFPP_METHODS)[:4])
 
 # where `python preprocess.py` (no arguments) looks, and where to get each dataset
 DEFAULT_ROOTS = {
