@@ -500,11 +500,11 @@ def device_arg(text: str) -> torch.device:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     # a one-line usage: a wrong flag gives two short lines, not a screenful
-    usage = "%(prog)s [--device cpu|cuda[:N]] [--parts LIST] [options] (--help: all)"
+    usage = "%(prog)s [--device auto|cpu|cuda[:N]] [--parts LIST] [options] (--help: all)"
     parser = argparse.ArgumentParser(usage=usage, description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", type=device_arg, default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="cpu, cuda or cuda:N (default: cuda when there is a GPU)")
+    parser.add_argument("--device", type=device_arg, default="auto",
+                        help="auto (cuda when there is a GPU), cpu, cuda or cuda:N")
     parser.add_argument("--batch-size", type=train.at_least(int, 1), default=None,
                         help=f"default {train.TrainConfig().batch_size} (the paper's) on CUDA, 8 on CPU")
     parser.add_argument("--repeat", type=train.at_least(int, 1), default=None,
