@@ -31,6 +31,7 @@ def test_bench_writes_every_part(tmp_path, capsys):
         c = pre[case]
         assert c["videos"] == 1 and c["frames"] == 4 and c["seconds"] > 0 and c["reference_seconds"] > 0
         assert abs(c["speedup"] - c["reference_seconds"] / c["seconds"]) < 1e-9
+        assert c["runs_seconds"] == [c["seconds"]]  # --repeat 1: one run (the median of 3 by default)
     assert pre["small_faces"]["face_px"] < 100 < pre["typical_faces"]["face_px"]
     data = results["data"]
     assert data["images_per_s_per_worker"] > 0 and data["loader_images_per_s"] > 0
