@@ -12,14 +12,15 @@ every run ends by rewriting index.csv and failures.csv for the whole dataset fro
 
 The crop protocol is the reference one (dlib HOG detector, 68-point landmarks, five keypoints,
 least-squares similarity transform onto the 5-point template, warpAffine to SxS, re-detection
-inside the crop). What differs is only how the face box is found: on a downscaled copy of the
-frame first (much faster than upsample 1 on the full frame), then mapped back. The sampled
-frames are searched in order and faces are tracked: a face found in one frame is searched in
-the next one in a region around its last box (1.5 box sizes on each side), resized so that the
-face is ~110 px, above HOG's 80 px window (small faces, ~70 px in 720p, need no full-frame
-upsample-1 scan after the first frame); the cheap downscaled search still runs first, so a large
-face entering is found, and a frame where a tracked face is not found near its box gets the full
-search. The landmarks always run on the full-resolution frame, so the crops are the reference
+inside the crop). What differs is only how the face box is found: on a downscaled grayscale
+copy of the frame first (much faster than upsample 1 on the full frame), then mapped back. The
+sampled frames are searched in order and faces are tracked: a face found in one frame is
+searched in the next one in a region around its last box (1.5 box sizes on each side), resized
+so that the face is ~110 px, above HOG's 80 px window (small faces, ~70 px in 720p, need no
+full-frame upsample-1 scan after the first frame); the cheap downscaled search still runs
+first, so a large face entering is found (and a smaller tracked face beside it is still searched
+near its box), and a frame where a tracked face is not found near its box gets the full search.
+The landmarks always run on the full-resolution colour frame, so the crops are the reference
 crops (keypoints within 1 px).
 """
 from __future__ import annotations
@@ -271,16 +272,8 @@ def _iou(a, b) -> float:
     return inter / max(_area(a) + _area(b) - inter, 1e-9)
 
 
-def _search_tracked(frame: np.ndarray, tracked: list[Box], models: FaceModels) -> list[Detection]:
-    """Every tracked face searched in its region; [] unless each one is found there (a face
-    of similar size, see _link), so that a face that moved away sends the frame to the full
-    search. Overlapping regions find a face twice: the better-scored box is kept."""
-    found: list[Detection] = []
-    for box in tracked:
-        near = search_near(frame, box, models)
-        if not any(_link(box, b) < float("inf") for b, _ in near):
-            return []
-        found += near
+def _distinct(found: list[Detection]) -> list[Detection]:
+    """Overlapping searches find a face twice: the better-scored box is kept."""
     kept: list[Detection] = []
     for det in sorted(found, key=lambda d: -d[1]):
         if all(_iou(det[0], k[0]) < 0.5 for k in kept):
@@ -288,12 +281,37 @@ def _search_tracked(frame: np.ndarray, tracked: list[Box], models: FaceModels) -
     return kept
 
 
+def _search_tracked(frame: np.ndarray, tracked: list[Box], models: FaceModels) -> list[Detection]:
+    """Every tracked face searched in its region; [] unless each one is found there (a face
+    of similar size, see _link), so that a face that moved away sends the frame to the full
+    search."""
+    found: list[Detection] = []
+    for box in tracked:
+        near = search_near(frame, box, models)
+        if not any(_link(box, b) < float("inf") for b, _ in near):
+            return []
+        found += near
+    return _distinct(found)
+
+
+def _add_missed(frame: np.ndarray, found: list[Detection], tracked: list[Box],
+                models: FaceModels) -> list[Detection]:
+    """`found` (the cheap check's faces) and those found near each tracked face it missed (one
+    too small for it, beside a larger one): the faces of a two- or three-person video stay
+    tracked in every frame."""
+    for box in tracked:
+        if all(_link(box, b) > REGION_MARGIN for b, _ in found):
+            found = found + search_near(frame, box, models)
+    return _distinct(found)
+
+
 def detect_faces(frame: np.ndarray, models: FaceModels, detect_side: int = 640,
                  tracked: list[Box] | None = None) -> list[Detection]:
     """Face boxes (frame pixels) and scores, from the first search level that finds any: a copy
-    downscaled to `detect_side` on its longest side (faces >= 80 px there); then, when faces
-    are `tracked` (their boxes in an earlier frame), the region around each one (search_near);
-    then finer scales, the last being the reference's own (full frame, upsample 1)."""
+    downscaled to `detect_side` on its longest side (faces >= 80 px there), with the faces
+    `tracked` (their boxes in an earlier frame) that it missed searched near their boxes; when it
+    finds none, the region around each tracked face (search_near); then finer scales, the last
+    being the reference's own (full frame, upsample 1)."""
     h, w = frame.shape[:2]
     f = min(1.0, detect_side / max(h, w))
     # grayscale: dlib's HOG takes each pixel's strongest colour gradient, and one channel
@@ -301,7 +319,7 @@ def detect_faces(frame: np.ndarray, models: FaceModels, detect_side: int = 640,
     small = cv2.cvtColor(_resize(frame, f), cv2.COLOR_RGB2GRAY)  # [h*f, w*f]
     found = _hog(models, small, 0, f)
     if found:
-        return found
+        return _add_missed(frame, found, tracked or [], models)
     if tracked:
         found = _search_tracked(frame, tracked, models)
         if found:

@@ -101,6 +101,24 @@ def test_face_lost_or_entering(models):
         assert np.abs(crop.keypoints - ref.keypoints).max() <= 1.0, crop.frame
 
 
+def test_small_face_beside_a_larger_one_stays_tracked(models):
+    """A small face (~40 px at 640x480, found only at upsample 1) is tracked; when a large face
+    enters, the cheap check finds only the large one, and the small one is still found near its
+    last box in every frame, without another upsample-1 search."""
+    spots = [(150, 340), (160, 345), (170, 350), (180, 345)]
+    frames = [U.place_face((640, 480), spots[0], 0.45)]
+    for spot in spots[1:]:
+        frames.append(U.place_face((640, 480), (430, 190), 1.5, frame=U.place_face((640, 480), spot, 0.45)))
+    people, counts = tracks_counting(frames, models)
+    assert counts == [1, 0, 0, 0]
+    small = [p for p in people if all(c.box[2] - c.box[0] < 60 for c in p)]
+    large = [p for p in people if all(c.box[2] - c.box[0] > 120 for c in p)]
+    assert len(small) == 1 and len(large) == 1
+    assert [c.frame for c in small[0]] == [0, 1, 2, 3] and [c.frame for c in large[0]] == [1, 2, 3]
+    for crop, (x, y) in zip(small[0], spots):
+        assert abs((crop.box[0] + crop.box[2]) / 2 - x) < 15 and abs((crop.box[1] + crop.box[3]) / 2 - y) < 15
+
+
 def test_frontal_detector_cache(tmp_path, monkeypatch):
     """dlib's built-in detector is saved once into the cache and loaded from there (identical
     detections); a damaged cache file is decoded again and replaced."""
