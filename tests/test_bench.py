@@ -27,12 +27,13 @@ def test_bench_writes_every_part(tmp_path, capsys):
     assert pre["frames"] == 4 and pre["frame_size"] == [720, 1280]
     assert abs(pre["speedup"] - pre["frames_per_s"] / pre["reference_frames_per_s"]) < 1e-9
     assert pre["frames_compared"] >= 3 and pre["keypoint_px"] < 2.0  # the same crops as the reference
-    for case in ("small_faces", "typical_faces"):  # whole preprocess.py runs, one 4-frame video each
+    for case in ("small_faces", "typical_faces", "two_faces"):  # whole preprocess.py runs, one 4-frame video each
         c = pre[case]
         assert c["videos"] == 1 and c["frames"] == 4 and c["seconds"] > 0 and c["reference_seconds"] > 0
         assert abs(c["speedup"] - c["reference_seconds"] / c["seconds"]) < 1e-9
         assert c["runs_seconds"] == [c["seconds"]]  # --repeat 1: one run (the median of 3 by default)
     assert pre["small_faces"]["face_px"] < 100 < pre["typical_faces"]["face_px"]
+    assert pre["typical_faces"]["people"] == [1] and pre["two_faces"]["people"] == [2]
     data = results["data"]
     assert data["images_per_s_per_worker"] > 0 and data["loader_images_per_s"] > 0
     assert 1 <= data["workers"] <= 8  # train.py's default, at most the CPU count
