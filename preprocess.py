@@ -12,16 +12,16 @@ every run ends by rewriting index.csv and failures.csv for the whole dataset fro
 
 The crop protocol is the reference one (dlib HOG detector, 68-point landmarks, five keypoints,
 least-squares similarity transform onto the 5-point template, warpAffine to SxS, re-detection
-inside the crop). What differs is only how the face box is found: on a downscaled grayscale
-copy of the frame first (much faster than upsample 1 on the full frame), then mapped back. The
-sampled frames are searched in order and faces are tracked: a face found in one frame is
-searched in the next one in a region around its last box (1.5 box sizes on each side), resized
-so that the face is ~110 px, above HOG's 80 px window (small faces, ~70 px in 720p, need no
-full-frame upsample-1 scan after the first frame); the cheap downscaled search still runs
-first, so a large face entering is found (and a smaller tracked face beside it is still searched
-near its box), and a frame where a tracked face is not found near its box gets the full search.
-The landmarks always run on the full-resolution colour frame, so the crops are the reference
-crops (keypoints within 1 px).
+inside the crop). What differs is only how the face box is found: on a downscaled copy of the
+frame first (much faster than upsample 1 on the full frame), then mapped back. The sampled
+frames are searched in order and faces are tracked: a face found in one frame is searched in
+the next one in a region around its last box (1.5 box sizes on each side), resized so that the
+face is ~110 px, above HOG's 80 px window (small faces, ~70 px in 720p, need no full-frame
+upsample-1 scan after the first frame); the cheap downscaled search (grayscale once faces are
+tracked) still runs first, so a large face entering is found (and a smaller tracked face beside
+it is still searched near its box), and a frame where a tracked face is not found near its box
+gets the full search. The landmarks always run on the full-resolution colour frame, so the
+crops are the reference crops (keypoints within 1 px).
 """
 from __future__ import annotations
 
@@ -314,17 +314,19 @@ def detect_faces(frame: np.ndarray, models: FaceModels, detect_side: int = 640,
     being the reference's own (full frame, upsample 1)."""
     h, w = frame.shape[:2]
     f = min(1.0, detect_side / max(h, w))
-    # grayscale: dlib's HOG takes each pixel's strongest colour gradient, and one channel
-    # costs a fifth less for the same faces (tracked regions and the full frame stay colour)
-    small = cv2.cvtColor(_resize(frame, f), cv2.COLOR_RGB2GRAY)  # [h*f, w*f]
-    found = _hog(models, small, 0, f)
+    small = _resize(frame, f) if f < 1.0 else frame                    # [h*f, w*f, 3]
+    # with faces tracked, the check re-finds them and larger ones entering, in grayscale: dlib's
+    # HOG takes each pixel's strongest colour gradient, one channel costs a fifth less and finds
+    # faces as often (an image, or a video's first faces, are searched in colour as before)
+    cheap = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY) if tracked else small  # [h*f, w*f(, 3)]
+    found = _hog(models, cheap, 0, f)
     if found:
         return _add_missed(frame, found, tracked or [], models)
     if tracked:
         found = _search_tracked(frame, tracked, models)
         if found:
             return found
-    levels = [(small if f < 1.0 else frame, f, 1)]     # faces >= 40 px on the small copy
+    levels = [(small, f, 1)]                           # faces >= 40 px on the small copy
     if f < 0.45:
         levels.append((frame, 1.0, 0))                 # big frames (1080p): full size first
     if f < 0.75:
