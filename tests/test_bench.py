@@ -31,7 +31,7 @@ def test_bench_writes_every_part(tmp_path, capsys):
         c = pre[case]
         assert c["videos"] == 1 and c["frames"] == 4 and c["seconds"] > 0 and c["reference_seconds"] > 0
         assert abs(c["speedup"] - c["reference_seconds"] / c["seconds"]) < 1e-9
-        assert c["runs_seconds"] == [c["seconds"]]  # --repeat 1: one run (the median of 3 by default)
+        assert c["runs_seconds"] == [c["seconds"]]  # --repeat 1: one run (by default the median of 4)
     assert pre["small_faces"]["face_px"] < 100 < pre["typical_faces"]["face_px"]
     assert pre["typical_faces"]["people"] == [1] and pre["two_faces"]["people"] == [2]
     data = results["data"]
