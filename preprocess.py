@@ -17,11 +17,12 @@ frame first (much faster than upsample 1 on the full frame), then mapped back. T
 frames are searched in order and faces are tracked: a face found in one frame is searched in
 the next one in a region around its last box (1.5 box sizes on each side), resized so that the
 face is ~110 px, above HOG's 80 px window (small faces, ~70 px in 720p, need no full-frame
-upsample-1 scan after the first frame); the cheap downscaled search (grayscale once faces are
-tracked) still runs first, so a large face entering is found (and a smaller tracked face beside
-it is still searched near its box), and a frame where a tracked face is not found near its box
-gets the full search. The landmarks always run on the full-resolution colour frame, so the
-crops are the reference crops (keypoints within 1 px).
+upsample-1 scan after the first frame); the cheap downscaled search still runs first (once
+faces are tracked, in grayscale and at the scale where the smallest of them is 72 px), so a
+larger face entering is found (and a smaller tracked face beside it is still searched near its
+box), and a frame where a tracked face is not found near its box gets the full search. The
+landmarks always run on the full-resolution colour frame, so the crops are the reference crops
+(keypoints within 1 px).
 """
 from __future__ import annotations
 
@@ -233,6 +234,7 @@ def reference_crop(frame: np.ndarray, models: FaceModels, size: int = 256,
 
 REGION_FACE_PX = 110  # a tracked face's region is resized so the face is this wide (HOG: 80)
 REGION_MARGIN = 1.5   # box sizes added on each side of a tracked face's last box
+CHEAP_FACE_PX = 72    # the smallest tracked face's width in the cheap check (HOG finds >= ~60 px)
 
 
 def _hog(models: FaceModels, image: np.ndarray, upsample: int, factor: float = 1.0,
@@ -305,27 +307,39 @@ def _add_missed(frame: np.ndarray, found: list[Detection], tracked: list[Box],
     return _distinct(found)
 
 
+def cheap_check(frame: np.ndarray, f: float, tracked: list[Box]) -> tuple[np.ndarray, float]:
+    """The image the search starts with, and its scale: the frame downscaled by `f` (faces
+    >= 80 px there). Once faces are tracked, what it must find is those faces again and any
+    larger one entering: it is downscaled further, until the smallest tracked face is
+    CHEAP_FACE_PX wide, and in grayscale (dlib's HOG takes each pixel's strongest colour
+    gradient; one channel costs a fifth less and finds faces as often). A new face smaller than
+    every tracked one waits for a frame where tracking loses a face (the full search). An image,
+    or a video's first faces, are searched in colour at `f`."""
+    if not tracked:
+        return (_resize(frame, f) if f < 1.0 else frame), f               # [h*f, w*f, 3]
+    f = min(f, CHEAP_FACE_PX / min(max(_area(b) ** 0.5, 1.0) for b in tracked))
+    small = _resize(frame, f) if f < 1.0 else frame
+    return cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), f                  # [h*f, w*f]
+
+
 def detect_faces(frame: np.ndarray, models: FaceModels, detect_side: int = 640,
                  tracked: list[Box] | None = None) -> list[Detection]:
-    """Face boxes (frame pixels) and scores, from the first search level that finds any: a copy
-    downscaled to `detect_side` on its longest side (faces >= 80 px there), with the faces
-    `tracked` (their boxes in an earlier frame) that it missed searched near their boxes; when it
-    finds none, the region around each tracked face (search_near); then finer scales, the last
-    being the reference's own (full frame, upsample 1)."""
+    """Face boxes (frame pixels) and scores, from the first search level that finds any: the
+    cheap check, a copy downscaled to `detect_side` on its longest side, or further once faces
+    are `tracked` (their boxes in an earlier frame), with each tracked face it missed searched
+    near its box; when it finds none, the region around each tracked face (search_near); then
+    finer scales, the last being the reference's own (full frame, upsample 1)."""
     h, w = frame.shape[:2]
     f = min(1.0, detect_side / max(h, w))
-    small = _resize(frame, f) if f < 1.0 else frame                    # [h*f, w*f, 3]
-    # with faces tracked, the check re-finds them and larger ones entering, in grayscale: dlib's
-    # HOG takes each pixel's strongest colour gradient, one channel costs a fifth less and finds
-    # faces as often (an image, or a video's first faces, are searched in colour as before)
-    cheap = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY) if tracked else small  # [h*f, w*f(, 3)]
-    found = _hog(models, cheap, 0, f)
+    cheap, factor = cheap_check(frame, f, tracked or [])
+    found = _hog(models, cheap, 0, factor)
     if found:
         return _add_missed(frame, found, tracked or [], models)
     if tracked:
         found = _search_tracked(frame, tracked, models)
         if found:
             return found
+    small = _resize(frame, f) if f < 1.0 else frame                    # [h*f, w*f, 3]
     levels = [(small, f, 1)]                           # faces >= 40 px on the small copy
     if f < 0.45:
         levels.append((frame, 1.0, 0))                 # big frames (1080p): full size first
