@@ -590,7 +590,7 @@ def run(args: argparse.Namespace) -> dict:
     if "preprocess" in parts:
         stage("preprocessing and the reference procedure")
         results["preprocess"] = bench_preprocess(args.video, args.frames)
-        stage(f"whole preprocess.py runs, small and typical faces: {args.preprocess_videos} x {args.frames}-frame videos")
+        stage(f"whole preprocess.py runs, {', '.join(FACE_ZOOMS)}: {args.preprocess_videos} x {args.frames}-frame videos")
         results["preprocess"] |= {name: preprocess_case(zooms, args.preprocess_videos, args.frames, args.repeat or 4)
                                   for name, zooms in FACE_ZOOMS.items()}
 
