@@ -331,15 +331,17 @@ def detect_faces(frame: np.ndarray, models: FaceModels, detect_side: int = 640,
     finer scales, the last being the reference's own (full frame, upsample 1)."""
     h, w = frame.shape[:2]
     f = min(1.0, detect_side / max(h, w))
-    cheap, factor = cheap_check(frame, f, tracked or [])
+    tracked = tracked or []
+    cheap, factor = cheap_check(frame, f, tracked)
     found = _hog(models, cheap, 0, factor)
     if found:
-        return _add_missed(frame, found, tracked or [], models)
+        return _add_missed(frame, found, tracked, models)
+    small = cheap  # [h*f, w*f, 3]: without tracking, the cheap check's own colour copy
     if tracked:
         found = _search_tracked(frame, tracked, models)
         if found:
             return found
-    small = _resize(frame, f) if f < 1.0 else frame                    # [h*f, w*f, 3]
+        small = _resize(frame, f) if f < 1.0 else frame
     levels = [(small, f, 1)]                           # faces >= 40 px on the small copy
     if f < 0.45:
         levels.append((frame, 1.0, 0))                 # big frames (1080p): full size first
