@@ -264,7 +264,9 @@ def predict(model: torch.nn.Module, items: list, device: torch.device, batch_siz
     bf16 autocast on CUDA as in training, fp32 on the CPU. DataError names unreadable crop files."""
     was_training = model.training
     model.eval()
-    loader = DataLoader(Crops(items), batch_size=batch_size, shuffle=False, num_workers=workers,
+    # the tower's own input size: 224, or 336 for ViT-L/14@336px
+    size = next(m.input_resolution for m in model.modules() if isinstance(m, clip_vit.VisionTransformer))
+    loader = DataLoader(Crops(items, size), batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda", worker_init_fn=shield_worker)
     out, readable = [], []
     for images, ok in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):

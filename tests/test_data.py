@@ -157,3 +157,15 @@ def test_gaussian_blur_equals_torchvision():
         reference = TF.gaussian_blur(image, [13, 13], [sigma, sigma])
         assert ours.shape == image.shape and ours.dtype == torch.uint8
         assert (ours.int() - reference.int()).abs().max() <= 1
+
+
+def test_predict_feeds_the_towers_own_input_size():
+    # ViT-L/14@336px takes 336 px: predict must resize to the tower's size, not a fixed 224
+    detector = clip_vit.DeepfakeDetector(clip_vit.tiny_visual(input_resolution=28)).eval()
+    rng = np.random.default_rng(0)
+    crops = [rng.integers(0, 256, (64, 64, 3), dtype=np.uint8) for _ in range(3)]
+    got = data.predict(detector, crops, torch.device("cpu"), batch_size=2)
+    transform = data.eval_transform(28)
+    with torch.no_grad():
+        want = detector(torch.stack([transform(data.read_crop(c)) for c in crops])).softmax(-1)[:, 1].double().numpy()
+    assert np.allclose(got, want, atol=1e-6)
