@@ -389,6 +389,11 @@ def torch_load(path: str | os.PathLike, negation: str, fix: str, **kwargs) -> An
     if check_torch_file(path, negation, fix) == "torchscript":
         raise ValueError(f"{path} is {negation}: a TorchScript archive (OpenAI's CLIP weights, or the authors' "
                          f"model.torchscript?); {fix}")
+    return _load_checked(path, negation, fix, **kwargs)
+
+
+def _load_checked(path: str | os.PathLike, negation: str, fix: str, **kwargs) -> Any:
+    """torch.load of a file check_torch_file found to be torch.save's: every failure is one ValueError."""
     try:
         return torch.load(path, map_location="cpu", **kwargs)
     except RefusedPickle as e:
@@ -485,7 +490,7 @@ def read_state_dict(path: str | os.PathLike) -> dict:
         except Exception as e:
             raise ValueError(f"{path} is truncated or corrupt (a TorchScript archive torch cannot read: "
                              f"{_first_line(e)}); {OPENAI_FIX}") from None
-    sd = torch_load(path, negation, OPENAI_FIX, weights_only=True)
+    sd = _load_checked(path, negation, OPENAI_FIX, weights_only=True)
     if isinstance(sd, dict) and sd.get("format") == FORMAT:
         raise ValueError(f"{path} is a checkpoint of this project (its trained LayerNorms and head), not CLIP "
                          f"weights: pass it as the checkpoint, and the CLIP weights it was trained from as the CLIP")
@@ -658,7 +663,7 @@ def save_checkpoint(path: str | os.PathLike, detector: DeepfakeDetector, config:
     torch.save({"format": FORMAT, "config": dict(config), "base_sha256": base_sha256(detector, trainable),
                 "state_dict": trainable, **extra}, buffer)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, buffer.getvalue())
+    atomic_write(path, buffer.getbuffer())  # no copy: with --tuning full the file is the whole tower
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -732,15 +737,11 @@ def convert_hf_vision_state_dict(state_dict: dict) -> dict:
 class Placeholder:
     """Stands in for a pickled object whose class is never imported here (the authors' config enums
     and objects): it records what the file says (module, name, arguments, state, items) and runs nothing."""
-    pickled_module = pickled_name = ""
 
     def __new__(cls, *args, **kwargs):  # NEWOBJ calls only __new__; REDUCE calls the class: Enum(value)
         self = super().__new__(cls)
         self.args, self.state, self.items, self.list = args, None, {}, []
         return self
-
-    def __init__(self, *args, **kwargs):  # __new__ has recorded the arguments
-        pass
 
     def __setstate__(self, state):
         self.state = state
@@ -752,7 +753,7 @@ class Placeholder:
         self.list.append(value)
 
     def __repr__(self) -> str:
-        return f"<{self.pickled_module}.{self.pickled_name}{self.args}>"
+        return f"<{type(self).__module__}.{type(self).__name__}{self.args}>"
 
 
 class RefusedPickle(pickle.UnpicklingError):
@@ -794,7 +795,7 @@ class RestrictedUnpickler(pickle.Unpickler):
         if module.split(".")[0] in CODE_RUNNING:
             raise RefusedPickle(f"refusing to unpickle {module}.{name}: the file names a function that runs code, "
                                 f"which no checkpoint needs; use a file from a source you trust")
-        return type(name, (Placeholder,), {"__module__": module, "pickled_module": module, "pickled_name": name})
+        return type(name, (Placeholder,), {"__module__": module})  # the class the file names, inert
 
 
 class _RestrictedPickleModule:

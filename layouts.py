@@ -490,7 +490,7 @@ FAILURE_FIELDS = ["split", "source", "video_id", "file", "reason"]
 INDEX_FIELDS = ["video_id", "source", "label", "n_frames", "path", "file"]
 
 
-def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
+def atomic_write(path: str | os.PathLike, data: str | bytes | memoryview) -> None:
     """Write a file whole or not at all: a temporary file beside it, renamed over it. A full
     disk or a kill midway leaves the old file (or none), never a truncated one that a rerun
     would take as finished; the temporary file is removed on failure. Its name is unique, so
