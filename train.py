@@ -404,14 +404,15 @@ def append_line(path: Path, line: str) -> None:
 
 
 @contextmanager
-def writing(path: Path, run_dir: Path) -> Iterator[None]:
-    """A failed write (full disk, no permission) as one line naming the file."""
+def writing(path: Path, resume: str) -> Iterator[None]:
+    """A failed write (full disk, no permission) as one line naming the file (the one the error names,
+    else `path`) and the `resume` command."""
     try:
         yield
     except OSError as e:
-        raise RunError(f"cannot write {path}: {e.strerror or e}; make room (or fix the permission), then "
-                       f"continue with `python train.py --resume {run_dir}` (files are replaced whole: "
-                       f"the previous checkpoints are intact)") from None
+        raise RunError(f"cannot write {e.filename or path}: {e.strerror or e}; make room (or fix the permission), "
+                       f"then continue with `{resume}` (files are replaced whole: the previous checkpoints are "
+                       f"intact)") from None
 
 
 class StopSignals:
@@ -540,19 +541,19 @@ class Run:
     def save_last(self) -> None:
         self.saved_step = self.step
         if self.procs.main:
-            with writing(self.dir / "last.pt", self.dir):
+            with writing(self.dir / "last.pt", self.resume_command()):
                 save_model(self.dir / "last.pt", self.detector, self.cfg, optimizer=self.optimizer.state_dict(),
                            step=self.step, steps_per_epoch=self.steps_per_epoch,
                            best_val_video_auroc=self.best, rng=rng_state())
 
     def save_best(self, epoch: int, **extra) -> None:
         if self.procs.main:
-            with writing(self.dir / "best.pt", self.dir):
+            with writing(self.dir / "best.pt", self.resume_command()):
                 save_model(self.dir / "best.pt", self.detector, self.cfg, step=self.step, epoch=epoch, **extra)
 
     def log(self, record: dict) -> None:
         if self.procs.main:
-            with writing(self.dir / "log.jsonl", self.dir):
+            with writing(self.dir / "log.jsonl", self.resume_command()):
                 append_line(self.dir / "log.jsonl", json.dumps(record))
 
     def say(self, message: str) -> None:
@@ -575,7 +576,7 @@ def open_run(cfg: TrainConfig, run: Run) -> None:
             raise RunError(f"--resume {run.dir}: {run.steps_per_epoch} steps per epoch now, "
                            f"{ckpt['steps_per_epoch']} when it was saved (different data or batch size)")
     if run.procs.main:
-        with writing(run.dir / "config.json", run.dir):
+        with writing(run.dir / "config.json", run.resume_command()):
             run.dir.mkdir(parents=True, exist_ok=True)
             atomic_write(run.dir / "config.json", json.dumps(asdict(cfg), indent=2) + "\n")
             trim_log(run.dir / "log.jsonl", run.step)
@@ -640,8 +641,8 @@ def train_epoch(run: Run, train_set: data_lib.FrameDataset, order, workers: int,
         except NonFiniteLoss as e:
             saved = f"{run.dir / 'last.pt'} (step {run.saved_step})" if run.saved_step is not None else "none yet"
             raise RunError(f"loss is {e.value} at step {run.step + 1} (epoch {epoch}); stopping before the update. "
-                           f"Last good checkpoint: {saved}; continue with --resume {run.dir} (e.g. with a lower "
-                           f"--lr)") from None
+                           f"Last good checkpoint: {saved}; continue with `{run.resume_command()}` (e.g. with a "
+                           f"lower --lr)") from None
         except StopRequested as e:
             interrupt(run, e.signum)
         run.step += 1

@@ -232,6 +232,20 @@ def test_full_disk_is_one_line_naming_the_file_and_the_run_resumes(train_tree, f
     with pytest.raises(SystemExit, match=rf"^error: cannot write {run / 'log.jsonl'}: No space left"):
         train.main(["--resume", str(run)])
     monkeypatch.setattr(train, "append_line", real_append)
+    # on resume the log is rewritten without that line: a full disk then names log.jsonl, not config.json
+
+    def log_fails(path, data):
+        if Path(path).name == "log.jsonl":
+            with monkeypatch.context() as m:
+                m.setattr(os, "fsync", no_space)
+                return real_write(path, data)
+        return real_write(path, data)
+
+    monkeypatch.setattr(train, "atomic_write", log_fails)
+    with pytest.raises(SystemExit, match=rf"^error: cannot write {run / 'log.jsonl'}: No space left .*"
+                                         rf"`python train.py --resume {run}`"):
+        train.main(["--resume", str(run)])
+    monkeypatch.setattr(train, "atomic_write", real_write)
     train.main(["--resume", str(run)])
     records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 5]  # 5 steps and the epoch line
