@@ -470,18 +470,17 @@ def default_roots(name: str, base) -> list[Path]:
 
 
 def find_dataset(name: str, base="datasets", compression: str = "c23",
-                 splits_dir: str | None = None) -> tuple[Path | None, str]:
-    """The dataset's usual folder under `base`: (root, "") when its layout is right, else
-    (None, why not)."""
+                 splits_dir: str | None = None) -> tuple[Path | None, list[Video], str]:
+    """The dataset's usual folder under `base`: (root, its videos, "") when its layout is right,
+    else (None, [], why not). The videos are list_videos', so that the caller lists it once."""
     why = ""
     for root in default_roots(name, base):
         if root.is_dir():
             try:
-                list_videos(name, root, compression, splits_dir)
-                return root, ""
+                return root, list_videos(name, root, compression, splits_dir), ""
             except LayoutError as e:
                 why = str(e)
-    return None, why
+    return None, [], why
 
 
 # ----------------------------------------------------------------------------- preprocessed layout

@@ -926,14 +926,16 @@ def run_dataset(dataset: str, root, out="data", split: str | None = None,
                 compression: str = "c23", splits_dir: str | None = None,
                 detect_side: int = 640, reference: bool = False,
                 retry_failed: bool = False, limit: int | None = None,
-                shard: Shard = Shard()) -> dict[str, int]:
+                shard: Shard = Shard(), videos: list[Video] | None = None) -> dict[str, int]:
     """Process one dataset, or only its part `shard` (see Shard; failures then go to the
     shard's own file); returns counts {"done", "skipped", "failed", "total"} of the videos
     processed here. Ends with index.csv and failures.csv for the whole dataset (_write_summary).
-    `limit`: at most that many videos per split and source (a quick subset for smoke runs)."""
+    `limit`: at most that many videos per split and source (a quick subset for smoke runs).
+    `videos`: the dataset's list_videos when the caller has it already (find_dataset)."""
     root = Path(root)
-    listed = _select(list_videos(dataset, root, compression, splits_dir), split, limit,
-                     f"{dataset} at {root}")
+    if videos is None:
+        videos = list_videos(dataset, root, compression, splits_dir)
+    listed = _select(videos, split, limit, f"{dataset} at {root}")
     videos = [v for v in listed if shard.owns((v.split, v.source, v.video_id))]
     name = output_name(dataset, compression)
     ds_dir = Path(out) / name
@@ -1036,9 +1038,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     return a
 
 
-def _report(found: dict[str, tuple[Path | None, str]], base: str) -> None:
+def _report(found: dict[str, tuple[Path | None, list[Video], str]], base: str) -> None:
     """Which datasets the no-argument mode found, and for the others where to get them."""
-    for name, (root, why) in found.items():
+    for name, (root, _, why) in found.items():
         if root is not None:
             print(f"found   {name:7s} {root}")
         else:
@@ -1059,14 +1061,15 @@ def _shard(a: argparse.Namespace) -> Shard:
     return shard
 
 
-def _find_root(a: argparse.Namespace) -> Path:
-    root, why = find_dataset(a.dataset, a.datasets_dir, a.compression, a.splits)
+def _find_root(a: argparse.Namespace) -> tuple[Path, list[Video]]:
+    """--dataset without --root: its usual folder, and its videos."""
+    root, videos, why = find_dataset(a.dataset, a.datasets_dir, a.compression, a.splits)
     if root is None:
         tried = ", ".join(str(r) for r in default_roots(a.dataset, a.datasets_dir))
         raise LayoutError(f"{a.dataset} not found (looked in {tried}"
                           + (f"; {why}" if why else "") + "); pass --root PATH. "
                           f"Get it: {WHERE_TO_GET[a.dataset]}")
-    return root
+    return root, videos
 
 
 def _run(a: argparse.Namespace) -> None:
@@ -1075,18 +1078,19 @@ def _run(a: argparse.Namespace) -> None:
                 splits_dir=a.splits, detect_side=a.detect_side, reference=a.reference,
                 retry_failed=a.retry_failed, limit=a.limit, shard=_shard(a))
     if a.dataset:
-        run_dataset(a.dataset, a.root or _find_root(a), **opts)
+        root, videos = (a.root, None) if a.root else _find_root(a)
+        run_dataset(a.dataset, root, videos=videos, **opts)
         return
     found = {name: find_dataset(name, a.datasets_dir, a.compression, a.splits)
              for name in DATASETS}
     _report(found, a.datasets_dir)
-    if not any(root for root, _ in found.values()):
+    if not any(root for root, _, _ in found.values()):
         raise LayoutError(f"no dataset found under {a.datasets_dir}/; put them in the "
                           "folders above or pass --dataset NAME --root PATH")
-    for name, (root, _) in found.items():
+    for name, (root, videos, _) in found.items():
         if root is not None:
             try:
-                run_dataset(name, root, **opts)
+                run_dataset(name, root, videos=videos, **opts)
             except LayoutError as e:  # --split val where this dataset has none: the others go on
                 print(f"skipped {name}: {e}")
 

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 import _video_utils as U
+import layouts
 import preprocess as P
 
 
@@ -194,9 +195,18 @@ def test_no_arguments_scans_datasets_dir(tmp_path, monkeypatch, capsys):
         (base / s).mkdir(parents=True)
     U.blank_video(base / "Celeb-real" / "id0_0000.mp4", 2)
     (base / "List_of_testing_videos.txt").write_text("1 Celeb-real/id0_0000.mp4\n")
+    listed, list_videos = [], layouts.list_videos
+
+    def listing(dataset, *args):
+        listed.append(dataset)
+        return list_videos(dataset, *args)
+
+    monkeypatch.setattr(layouts, "list_videos", listing)
+    monkeypatch.setattr(P, "list_videos", listing)
     assert P.main(["--workers", "1"]) == 0
     out = capsys.readouterr().out
     assert "found   cdfv2" in out and "missing dfdc" in out and "cdfv2: done 0, skipped 0" in out
+    assert listed.count("cdfv2") == 1  # found and processed from one walk of its folder
     # a split one found dataset lacks skips that dataset, not the whole run
     assert P.main(["--workers", "1", "--split", "val"]) == 0
     assert "skipped cdfv2: cdfv2 at datasets/Celeb-DF-v2 has no split 'val'" in \
