@@ -1,10 +1,12 @@
-"""Tiny synthetic videos for the preprocessing tests (a real face from scikit-image), placeholder
-files, and the child processes of a command under test (from /proc)."""
+"""Tiny synthetic videos for the preprocessing tests (a real face from scikit-image), the keypoints
+found again in a crop, placeholder files, the child processes of a command under test (from
+/proc), and a free TCP port for a one-machine process group."""
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -147,3 +149,18 @@ def kill_all(process: subprocess.Popen, workers: list[int]) -> None:
     for w in workers:
         if alive(w):
             os.kill(w, signal.SIGKILL)
+
+
+def keypoints_in_crop(crop: np.ndarray, models) -> np.ndarray:
+    """The five keypoints found again inside a crop (largest face, upsample 1)."""
+    import preprocess as P  # dlib: only for the tests that use it
+    rects = models.detector(crop, 1)
+    assert len(rects), "no face found again in the crop"
+    rect = max(rects, key=lambda r: r.width() * r.height())
+    return P.landmarks5(crop, P._box(rect), models)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

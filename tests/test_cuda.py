@@ -9,7 +9,6 @@ import copy
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import _video_utils as U
 import bench
 import clip_vit as cv
 import data
@@ -133,16 +133,10 @@ finally:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(not torch.distributed.is_nccl_available(), reason="torch built without NCCL")
 def test_one_process_nccl_ddp_step():
     # in a subprocess with a timeout: a hung NCCL rendezvous must not block the suite
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0",
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(U.free_port()), "RANK": "0",
            "WORLD_SIZE": "1", "LOCAL_RANK": "0"}
     done = subprocess.run([sys.executable, "-c", DDP_STEP], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=180)

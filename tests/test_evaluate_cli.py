@@ -8,7 +8,6 @@ import csv
 import errno
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -292,12 +291,6 @@ def test_curves_bad_logs_one_line_each(tmp_path):
 
 # ----------------------------------------------------------------------------- torchrun
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_torchrun_two_cpu_ranks_same_outputs_as_one_process(make_split, tmp_path, tiny_ckpt):
     data = tmp_path / "data"  # frame counts that do not split evenly over 2 ranks
     make_split(data, "cdfv2", [("Celeb-real", 0, "a", [0, 1, 2]), ("Celeb-real", 0, "b", [0]),
@@ -306,7 +299,7 @@ def test_torchrun_two_cpu_ranks_same_outputs_as_one_process(make_split, tmp_path
     common = ["--dataset", "cdfv2", "--checkpoint", str(tiny_ckpt), "--data", str(data),
               "--workers", "0", "--device", "cpu", "--batch-size", "3"]
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                        f"--master_port={free_port()}", "evaluate.py", *common, "--out", str(tmp_path / "multi")],
+                        f"--master_port={U.free_port()}", "evaluate.py", *common, "--out", str(tmp_path / "multi")],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("| CDFv2 | video |") == 1  # rank 0 prints, rank 1 does not

@@ -10,14 +10,6 @@ import _video_utils as U
 import preprocess as P
 
 
-def keypoints_in_crop(crop: np.ndarray, models: P.FaceModels) -> np.ndarray:
-    """The five keypoints found again inside a crop (largest face, upsample 1)."""
-    rects = models.detector(crop, 1)
-    assert len(rects), "no face found again in the crop"
-    rect = max(rects, key=lambda r: r.width() * r.height())
-    return P.landmarks5(crop, P._box(rect), models)
-
-
 # ----------------------------------------------------------------------------- alignment
 
 def test_template_and_similarity_fit():
@@ -73,8 +65,8 @@ def test_crops_match_reference_procedure(face_video, models):
                               [b, a, crop.matrix[1, 2] + 50 * d[3]]])
             assert ((P.transform_points(other, crop.keypoints) - template) ** 2).sum() > err
         # the protocol's crop: keypoints found again in both crops agree within 2 px
-        dist = np.linalg.norm(keypoints_in_crop(crop.image, models)
-                              - keypoints_in_crop(ref.image, models), axis=1).mean()
+        dist = np.linalg.norm(U.keypoints_in_crop(crop.image, models)
+                              - U.keypoints_in_crop(ref.image, models), axis=1).mean()
         assert dist < 2.0, f"frame {crop.frame}: {dist:.2f} px from the reference crop"
 
 

@@ -3,7 +3,6 @@ workers, shards, signals and a full disk. Most go through the real command line 
 subprocess: exit status, one-line message, no traceback)."""
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
@@ -241,23 +240,6 @@ def tree(folder: Path) -> dict[str, bytes]:
             if p.is_file() and p.name != ".lock" and not p.name.startswith("failures.shard-")}
 
 
-def children(pid: int) -> dict[int, str]:
-    """Processes whose parent is `pid`, with their state (Z = exited, not yet reaped)."""
-    found = {}
-    for status in Path("/proc").glob("[0-9]*/status"):
-        with contextlib.suppress(OSError):
-            fields = dict(line.split(":", 1) for line in status.read_text().splitlines())
-            if fields["PPid"].strip() == str(pid):
-                found[int(status.parent.name)] = fields["State"].strip()[0]
-    return found
-
-
-def alive(pid: int) -> bool:
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
-    return False
-
-
 @pytest.fixture(scope="module")
 def small_folder(tmp_path_factory) -> Path:
     """A `folder` dataset of eight tiny videos, two without a face (failures.csv not empty)."""
@@ -445,21 +427,19 @@ def test_sigkill_leaves_no_orphan_workers(six_copies, tmp_path):
            "--out", str(tmp_path / "o"), "--workers", "2"]
     proc = subprocess.Popen(cmd, cwd=REPO, env=NOT_SLURM, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    deadline = time.time() + 60
-    while len(children(proc.pid)) < 3 and time.time() < deadline:  # tracker + 2 workers
-        time.sleep(0.05)
-    time.sleep(0.5)  # the workers are loading models or processing videos
-    kids = children(proc.pid)
-    assert len(kids) >= 3, kids
-    proc.kill()
-    proc.wait()
-    deadline = time.time() + 8
-    while any(alive(pid) for pid in kids) and time.time() < deadline:
-        time.sleep(0.1)
-    left = [pid for pid in kids if alive(pid)]
-    for pid in left:  # do not leave them to the other tests
-        os.kill(pid, signal.SIGKILL)
-    assert not left, f"orphans still running after the main process was killed: {left}"
+    kids: list[int] = []
+    try:
+        deadline = time.time() + 60
+        while len(U.live_children(proc.pid)) < 3 and time.time() < deadline:  # tracker + 2 workers
+            time.sleep(0.05)
+        time.sleep(0.5)  # the workers are loading models or processing videos
+        kids = U.live_children(proc.pid)
+        assert len(kids) >= 3, kids
+        U.kill_and_wait(proc, kids, seconds=8)
+        left = [pid for pid in kids if U.alive(pid)]
+        assert not left, f"orphans still running after the main process was killed: {left}"
+    finally:  # do not leave them to the other tests
+        U.kill_all(proc, kids)
 
 
 def test_full_disk_is_one_line_and_leaves_nothing_half_written(small_folder, tmp_path,

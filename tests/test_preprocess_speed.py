@@ -50,14 +50,6 @@ def tracks_counting(frames: list[np.ndarray], models: P.FaceModels, monkeypatch,
     return people, counts
 
 
-def crop_keypoints(crop: np.ndarray, models: P.FaceModels) -> np.ndarray:
-    """The five keypoints found again inside a crop (largest face, upsample 1)."""
-    rects = models.detector(crop, 1)
-    assert len(rects), "no face found again in the crop"
-    rect = max(rects, key=lambda r: r.width() * r.height())
-    return P.landmarks5(crop, P._box(rect), models)
-
-
 def test_small_faces_tracked_match_reference(models, monkeypatch):
     # a ~65-75 px dlib box in 1280x720 frames (HOG's window is 80 px): the downscaled copy
     # cannot find it, the reference finds it at upsample 1 on the full frame
@@ -74,8 +66,8 @@ def test_small_faces_tracked_match_reference(models, monkeypatch):
         assert np.abs(crop.keypoints - ref.keypoints).max() <= 1.0
         # ... so the crops agree: a 70 px face is magnified ~3.5x into the 256 px crop, 1 px in
         # the frame is ~3.5 px there; keypoints found again in both crops agree within 2 px
-        dist = np.linalg.norm(crop_keypoints(crop.image, models)
-                              - crop_keypoints(ref.image, models), axis=1).mean()
+        dist = np.linalg.norm(U.keypoints_in_crop(crop.image, models)
+                              - U.keypoints_in_crop(ref.image, models), axis=1).mean()
         assert dist < 2.0, f"frame {crop.frame}: {dist:.2f} px from the reference crop"
 
 
