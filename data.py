@@ -29,7 +29,7 @@ import cv2
 import numpy as np
 import torch
 import torchvision.transforms.v2 as T
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, SequentialSampler, default_collate
 from tqdm import tqdm
 
 import clip_vit
@@ -225,15 +225,13 @@ def collate(batch: list, image_size: int = 224):
 def make_loader(dataset: FrameDataset, batch_size: int = 1, sampler: Sampler[int] | None = None,
                 num_workers: int = 0, seed: int = 0, pin_memory: bool = False,
                 batch_sampler: GlobalBatchSampler | None = None, image_size: int = 224) -> DataLoader:
-    """Batches of (images [B, 3, S, S], labels [B], video indices [B]): `batch_size` items of
-    `sampler` or, with `batch_sampler`, the lists it gives (batch_size and sampler unused)."""
-    g = torch.Generator().manual_seed(seed)
-    if batch_sampler is not None:
-        return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers, worker_init_fn=seed_worker,
-                          generator=g, pin_memory=pin_memory, collate_fn=partial(collate, image_size=image_size))
-    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
-                      worker_init_fn=seed_worker, generator=g, pin_memory=pin_memory,
-                      persistent_workers=False, drop_last=False)
+    """Batches of (images [B, 3, S, S], labels [B], video indices [B]): the lists `batch_sampler`
+    gives (train.py's, one share of each global batch), else `batch_size` items of `sampler` at a
+    time (the same loader, one process; batch_size and sampler unused with batch_sampler)."""
+    batch_sampler = batch_sampler or GlobalBatchSampler(sampler or SequentialSampler(dataset), batch_size)
+    return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=num_workers, worker_init_fn=seed_worker,
+                      generator=torch.Generator().manual_seed(seed), pin_memory=pin_memory,
+                      collate_fn=partial(collate, image_size=image_size))
 
 
 # ----------------------------------------------------------------------------- scoring a split
