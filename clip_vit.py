@@ -654,13 +654,17 @@ def base_sha256(detector: nn.Module, exclude: Iterable[str]) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(path: str | os.PathLike, detector: DeepfakeDetector, config: dict, **extra) -> None:
+def save_checkpoint(path: str | os.PathLike, detector: DeepfakeDetector, config: dict,
+                    frozen_sha256: str | None = None, **extra) -> None:
     """Only the trainable tensors + config + SHA-256 of the frozen rest (under 1 MB for ViT-L/14
     LN-tuning), written atomically. `config` needs `clip` and `normalize`; plain types only, so the
-    file loads with weights_only=True. `extra` (optimizer state, step, ...) is stored alongside."""
+    file loads with weights_only=True. `frozen_sha256`: that hash when the caller has it (a training
+    run's frozen weights never change; hashing ViT-L/14's takes seconds). `extra` (optimizer state,
+    step, ...) is stored alongside."""
     trainable = {n: p.detach().cpu().clone() for n, p in detector.named_parameters() if p.requires_grad}
     buffer = io.BytesIO()
-    torch.save({"format": FORMAT, "config": dict(config), "base_sha256": base_sha256(detector, trainable),
+    torch.save({"format": FORMAT, "config": dict(config),
+                "base_sha256": frozen_sha256 or base_sha256(detector, trainable),
                 "state_dict": trainable, **extra}, buffer)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, buffer.getbuffer())  # no copy: with --tuning full the file is the whole tower

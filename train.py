@@ -40,6 +40,7 @@ import threading
 import time
 import warnings
 from contextlib import contextmanager
+from functools import cached_property
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Callable, Iterator
@@ -354,7 +355,8 @@ def checkpoint_config(cfg: TrainConfig) -> dict:
 
 
 def save_model(path: Path, detector: clip_vit.DeepfakeDetector, cfg: TrainConfig, **extra) -> None:
-    """best.pt / last.pt: the trainable tensors only (LN + head: ~0.4 MB for ViT-L/14), atomically."""
+    """best.pt / last.pt: the trainable tensors only (LN + head: ~0.4 MB for ViT-L/14), atomically.
+    `extra` may hold frozen_sha256 (see clip_vit.save_checkpoint)."""
     clip_vit.save_checkpoint(path, detector, checkpoint_config(cfg), **extra)
 
 
@@ -533,6 +535,12 @@ class Run:
     def total_steps(self) -> int:
         return self.steps_per_epoch * self.cfg.epochs
 
+    @cached_property
+    def frozen_sha256(self) -> str:
+        """What every checkpoint of the run records of the frozen weights: they never change, so hashed once."""
+        trainable = [n for n, p in self.detector.named_parameters() if p.requires_grad]
+        return clip_vit.base_sha256(self.detector, trainable)
+
     def resume_command(self) -> str:
         if self.procs.distributed:
             return f"torchrun --nproc_per_node={self.procs.world} train.py --resume {self.dir}"
@@ -542,14 +550,15 @@ class Run:
         self.saved_step = self.step
         if self.procs.main:
             with writing(self.dir / "last.pt", self.resume_command()):
-                save_model(self.dir / "last.pt", self.detector, self.cfg, optimizer=self.optimizer.state_dict(),
-                           step=self.step, steps_per_epoch=self.steps_per_epoch,
+                save_model(self.dir / "last.pt", self.detector, self.cfg, frozen_sha256=self.frozen_sha256,
+                           optimizer=self.optimizer.state_dict(), step=self.step, steps_per_epoch=self.steps_per_epoch,
                            best_val_video_auroc=self.best, rng=rng_state())
 
     def save_best(self, epoch: int, **extra) -> None:
         if self.procs.main:
             with writing(self.dir / "best.pt", self.resume_command()):
-                save_model(self.dir / "best.pt", self.detector, self.cfg, step=self.step, epoch=epoch, **extra)
+                save_model(self.dir / "best.pt", self.detector, self.cfg, frozen_sha256=self.frozen_sha256,
+                           step=self.step, epoch=epoch, **extra)
 
     def log(self, record: dict) -> None:
         if self.procs.main:
