@@ -269,7 +269,7 @@ def loader_images_per_s(dataset: data.FrameDataset, batch: int, workers: int, pi
 def bench_data(n_images: int | None, batch: int, pin_memory: bool) -> dict:
     """One worker alone, then the loader with train.py's default workers at the training batch
     (smaller when n_images holds fewer than 3 batches per worker, so that 2 rounds are timed)."""
-    workers = min(train.TrainConfig().workers, os.cpu_count() or 1)  # as train.py
+    workers = train.TrainConfig().loader_workers
     n_images = n_images or max(256, 3 * workers * batch)
     loader_batch = max(1, min(batch, n_images // (3 * workers)))
     n_loaded = max(n_images, 3 * workers * loader_batch)  # at least 3 rounds

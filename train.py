@@ -128,6 +128,11 @@ class TrainConfig:
     stop_after: int = field(default=0, metadata={"min": 0, "help": "stop with a checkpoint after this many steps in "
                                                                    "total (0 = all epochs)"})
 
+    @property
+    def loader_workers(self) -> int:
+        """DataLoader workers per process: --workers, at most the CPUs here."""
+        return min(self.workers, os.cpu_count() or 1)
+
 
 RUN_CONTROL = {"resume", "stop_after"}  # never taken from a resumed run's config.json
 
@@ -629,7 +634,7 @@ class Meter:
         return out
 
 
-def train_epoch(run: Run, train_set: data_lib.FrameDataset, order, workers: int, stop: StopSignals) -> bool:
+def train_epoch(run: Run, train_set: data_lib.FrameDataset, order, stop: StopSignals) -> bool:
     """The rest of the epoch run.step is in; False when the run stops early (--stop-after)."""
     cfg, procs = run.cfg, run.procs
     epoch, skip = divmod(run.step, run.steps_per_epoch)
@@ -637,8 +642,9 @@ def train_epoch(run: Run, train_set: data_lib.FrameDataset, order, workers: int,
     # the epoch's order is a function of (seed, epoch): a resumed run skips the batches it did
     batches = data_lib.GlobalBatchSampler(order, cfg.batch_size, procs.world, procs.rank, skip)
     batches.set_epoch(epoch)
-    loader = data_lib.make_loader(train_set, batch_sampler=batches, num_workers=workers, seed=cfg.seed + epoch,
-                                  pin_memory=procs.amp, image_size=run.detector.visual.input_resolution)
+    loader = data_lib.make_loader(train_set, batch_sampler=batches, num_workers=cfg.loader_workers,
+                                  seed=cfg.seed + epoch, pin_memory=procs.amp,
+                                  image_size=run.detector.visual.input_resolution)
     meter = Meter()
     for k, (images, labels, _) in enumerate(loader, skip):
         shares = batches.shares(k) if procs.distributed else None
@@ -678,12 +684,13 @@ def interrupt(run: Run, signum: int) -> None:
                       f"Continue with: {run.resume_command()}", signum, run.procs.main)
 
 
-def end_epoch(run: Run, epoch: int, val_videos: list[Video], val_note: str, workers: int) -> None:
+def end_epoch(run: Run, epoch: int, val_videos: list[Video], val_note: str) -> None:
     """Validate (rank 0), save best.pt when the val AUROC improves (the latest epoch when it cannot
     rank), last.pt, and the epoch's log line."""
     record = {"step": run.step, "epoch": epoch, "epoch_done": True}
     if run.procs.main and val_videos:
-        record.update(validate(run.detector, val_videos, run.procs.device, run.cfg.val_batch_size, workers))
+        record.update(validate(run.detector, val_videos, run.procs.device, run.cfg.val_batch_size,
+                               run.cfg.loader_workers))
         score = record["val_video_auroc"]
         if score is not None and (run.best is None or score > run.best):
             run.best = score
@@ -710,7 +717,6 @@ def _train(cfg: TrainConfig, procs: Processes, stop: StopSignals) -> clip_vit.De
     train_set = data_lib.FrameDataset(train_videos, data_lib.train_transform(detector.visual.input_resolution),
                                       seed=cfg.seed)
     order = data_lib.make_sampler(train_set, shuffle=True, balanced=cfg.balanced, seed=cfg.seed)
-    workers = min(cfg.workers, os.cpu_count() or 1)
     params = [p for p in detector.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     model = TrainForward(detector, cfg.slerp)
@@ -731,9 +737,9 @@ def _train(cfg: TrainConfig, procs: Processes, stop: StopSignals) -> clip_vit.De
     with run.bar:  # closed before any message of an exception
         while run.step < run.total_steps and completed:
             epoch = run.step // run.steps_per_epoch
-            completed = train_epoch(run, train_set, order, workers, stop)
+            completed = train_epoch(run, train_set, order, stop)
             if run.step % run.steps_per_epoch == 0:  # the epoch is complete
-                end_epoch(run, epoch, val_videos, val_note, workers)
+                end_epoch(run, epoch, val_videos, val_note)
     if procs.main:
         print(f"{'stopped' if run.step < run.total_steps else 'done'} at step {run.step}/{run.total_steps}: {run.dir}",
               flush=True)
