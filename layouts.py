@@ -235,8 +235,9 @@ def _list_ffpp(root: Path, c: str, splits_dir: str | None) -> list[Video]:
                 videos.append(Video(split_of[f.stem], source, f.stem, int(source != "youtube"),
                                     f, mask if mask.is_file() else None))
         # a method not downloaded at all is no gap; missing files of a downloaded one are
-        listed = [i for i in split_of if ("_" in i) == (source != "youtube")]
-        missing += [folder / f"{i}.mp4" for i in listed if i not in found and folder.is_dir()]
+        if folder.is_dir():
+            listed = [i for i in split_of if ("_" in i) == (source != "youtube")]
+            missing += [folder / f"{i}.mp4" for i in listed if i not in found]
     if not any(v.label for v in videos):
         raise _layout_error("FaceForensics++", root, expected, "manipulated_sequences")
     _warn_missing("ff++", missing, "the split files")
