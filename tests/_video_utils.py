@@ -95,20 +95,18 @@ def touch(path) -> Path:
     return path
 
 
-def ffpp_tree(root: Path, c: str = "c23", masks: bool = True) -> None:
-    """An FF++ tree of empty placeholder videos: split files (pairs 000-001 train, 002-003 val,
-    004-005 test), six real videos, three fakes per method (000_001, 001_000, 004_005)."""
-    splits = {"train": [["000", "001"]], "val": [["002", "003"]], "test": [["004", "005"]]}
-    for s, pairs in splits.items():
-        (root / f"{s}.json").parent.mkdir(parents=True, exist_ok=True)
+def ffpp_tree(root: Path) -> None:
+    """An FF++ c23 tree of empty placeholder videos: split files (pairs 000-001 train, 002-003 val,
+    004-005 test), six real videos, three fakes per method (000_001, 001_000, 004_005), their masks."""
+    root.mkdir(parents=True, exist_ok=True)
+    for s, pairs in {"train": [["000", "001"]], "val": [["002", "003"]], "test": [["004", "005"]]}.items():
         (root / f"{s}.json").write_text(json.dumps(pairs))
     for i in range(6):
-        touch(root / f"original_sequences/youtube/{c}/videos/{i:03d}.mp4")
+        touch(root / f"original_sequences/youtube/c23/videos/{i:03d}.mp4")
     for m in ("Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"):
         for a, b in (("000", "001"), ("001", "000"), ("004", "005")):
-            touch(root / f"manipulated_sequences/{m}/{c}/videos/{a}_{b}.mp4")
-            if masks:
-                touch(root / f"manipulated_sequences/{m}/masks/videos/{a}_{b}.mp4")
+            touch(root / f"manipulated_sequences/{m}/c23/videos/{a}_{b}.mp4")
+            touch(root / f"manipulated_sequences/{m}/masks/videos/{a}_{b}.mp4")
 
 
 def live_children(pid: int) -> list[int]:

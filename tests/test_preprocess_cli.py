@@ -33,8 +33,8 @@ def read_csv(path: Path) -> list[dict]:
 def ffpp_root(tmp_path_factory, face_video) -> Path:
     """A tiny FF++ tree with real faces, a two-person fake with a mask, and bad inputs."""
     root = tmp_path_factory.mktemp("ffpp")
-    U.ffpp_tree(root, masks=False)
-    for p in root.rglob("*.mp4"):
+    U.ffpp_tree(root)
+    for p in root.rglob("*.mp4"):  # the listing stays; the videos are made below
         p.unlink()
     real = root / "original_sequences/youtube/c23/videos"
     shutil.copy(face_video, real / "000.mp4")                      # fine
