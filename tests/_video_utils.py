@@ -109,6 +109,27 @@ def ffpp_tree(root: Path) -> None:
             touch(root / f"manipulated_sequences/{m}/masks/videos/{a}_{b}.mp4")
 
 
+def listing_tree(root: Path, dataset: str) -> str:
+    """A dataset with a listing file (ff++, cdfv2, dfdc, dfdcp) and its videos; returns the listing
+    file's path under `root` (ff++: val.json, one of its split files), for a test to write."""
+    if dataset == "ff++":
+        ffpp_tree(root)
+        return "val.json"
+    if dataset == "cdfv2":
+        for f in ("Celeb-real/a.mp4", "Celeb-synthesis/b.mp4", "YouTube-real/c.mp4"):
+            touch(root / f)
+        (root / "List_of_testing_videos.txt").write_text(
+            "1 Celeb-real/a.mp4\n0 Celeb-synthesis/b.mp4\n")
+        return "List_of_testing_videos.txt"
+    if dataset == "dfdc":
+        touch(root / "test" / "a.mp4")
+        touch(root / "test" / "b.mp4")
+        return "test/labels.csv"
+    touch(root / "original_videos" / "a.mp4")
+    touch(root / "method_A" / "b.mp4")
+    return "dataset.json"
+
+
 def live_children(pid: int) -> list[int]:
     """Processes (not zombies) whose parent is pid."""
     kids = []

@@ -143,27 +143,20 @@ def test_layout_same_stem_never_shares_a_folder(tmp_path):
         L.list_videos("folder", tmp_path)
 
 
-@pytest.mark.parametrize("dataset", ["ff++", "cdfv2", "dfdc", "dfdcp"])
+MALFORMED = {  # a listing file that is not what it should be, and the error that names it
+    "ff++": ('[["002"]]', r"val.json entry 1: expected a pair of 3-digit ids"),
+    "cdfv2": ("Celeb-real/a.mp4\n", r"List_of_testing_videos.txt line 1: expected `<label> <folder>/<file>.mp4`"),
+    "dfdc": ("filename,is_fake\na.mp4,1\n", r"labels.csv line 1: expected the columns filename,label"),
+    "dfdcp": ('{"a.mp4": {"label": "fake"', r"dataset.json is not "),
+}
+
+
+@pytest.mark.parametrize("dataset", list(MALFORMED))
 def test_malformed_listing_file_is_one_error(tmp_path, dataset):
     """A broken split/label file names itself (and the line or entry) and what it should hold
     (no traceback)."""
-    if dataset == "ff++":
-        U.ffpp_tree(tmp_path)
-        (tmp_path / "val.json").write_text('[["002"]]')
-        bad = r"val.json entry 1: expected a pair of 3-digit ids"
-    elif dataset == "cdfv2":
-        for s in ("Celeb-real", "Celeb-synthesis", "YouTube-real"):
-            U.touch(tmp_path / s / "a.mp4")
-        (tmp_path / "List_of_testing_videos.txt").write_text("Celeb-real/a.mp4\n")
-        bad = r"List_of_testing_videos.txt line 1: expected `<label> <folder>/<file>.mp4`"
-    elif dataset == "dfdc":
-        U.touch(tmp_path / "test" / "a.mp4")
-        (tmp_path / "test" / "labels.csv").write_text("filename,is_fake\na.mp4,1\n")
-        bad = r"labels.csv line 1: expected the columns filename,label"
-    else:
-        U.touch(tmp_path / "a.mp4")
-        (tmp_path / "dataset.json").write_text('{"a.mp4": {"label": "fake"')
-        bad = r"dataset.json is not "
+    content, bad = MALFORMED[dataset]
+    (tmp_path / U.listing_tree(tmp_path, dataset)).write_text(content)
     with pytest.raises(L.LayoutError, match=bad):
         L.list_videos(dataset, tmp_path)
     with pytest.raises(SystemExit, match=f"^error: .*{bad}"):
@@ -179,26 +172,6 @@ def test_wrong_root_says_expected_and_found(tmp_path, dataset):
     assert "expected" in msg and "found" in msg and "holiday_photos" in msg, msg
     with pytest.raises(SystemExit, match="expected"):
         P.main(["--dataset", dataset, "--root", str(tmp_path), "--out", str(tmp_path / "o")])
-
-
-def _valid_tree(root, dataset: str) -> str:
-    """A listing-file dataset with every listed video present; returns the listing file."""
-    if dataset == "ff++":
-        U.ffpp_tree(root)
-        return "val.json"
-    if dataset == "cdfv2":
-        for f in ("Celeb-real/a.mp4", "Celeb-synthesis/b.mp4", "YouTube-real/c.mp4"):
-            U.touch(root / f)
-        (root / "List_of_testing_videos.txt").write_text(
-            "1 Celeb-real/a.mp4\n0 Celeb-synthesis/b.mp4\n")
-        return "List_of_testing_videos.txt"
-    if dataset == "dfdc":
-        U.touch(root / "test" / "a.mp4")
-        U.touch(root / "test" / "b.mp4")
-        return "test/labels.csv"
-    U.touch(root / "original_videos" / "a.mp4")
-    U.touch(root / "method_A" / "b.mp4")
-    return "dataset.json"
 
 
 DFDCP_OK = {"original_videos/a.mp4": {"label": "real", "set": "test"}}
@@ -239,7 +212,7 @@ LISTING_ERRORS = [  # (dataset, listing file content, the error it must give)
 def test_listing_files_checked_row_by_row(tmp_path, dataset, content, error):
     """Every row of a listing file parses or the listing stops with its file and line (entry
     for JSON): a swapped or foreign file never silently moves videos to another split."""
-    listing = tmp_path / _valid_tree(tmp_path, dataset)
+    listing = tmp_path / U.listing_tree(tmp_path, dataset)
     listing.write_text(content if isinstance(content, str) else json.dumps(content))
     with pytest.raises(L.LayoutError, match=error) as e:
         L.list_videos(dataset, tmp_path)
@@ -249,7 +222,7 @@ def test_listing_files_checked_row_by_row(tmp_path, dataset, content, error):
 def test_missing_listed_videos_warn_for_dfdc_and_ffpp(tmp_path, capsys):
     """DFDC comes in parts and FF++ is often downloaded in parts: listed videos that are not
     on disk are left out with one warning line (Celeb-DF-v2 and DFDC-Preview stop instead)."""
-    _valid_tree(tmp_path / "dfdc", "dfdc")
+    U.listing_tree(tmp_path / "dfdc", "dfdc")
     (tmp_path / "dfdc" / "test" / "labels.csv").write_text(
         "filename,label\na.mp4,1\nb.mp4,0.0\nzzz.mp4,1\n")
     vids = L.list_videos("dfdc", tmp_path / "dfdc")

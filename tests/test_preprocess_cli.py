@@ -277,27 +277,21 @@ def test_bad_flags_stop_at_parse_time(tmp_path, flag, value, says):
     assert not (tmp_path / "o").exists()
 
 
+LISTING_CASES = {  # case: (dataset, its listing file with one bad row)
+    "cdfv2-swapped": ("cdfv2", "Celeb-real/a.mp4 1\nCeleb-synthesis/b.mp4 0\n"),
+    "cdfv2-missing": ("cdfv2", "1 Celeb-real/a.mp4\n0 Celeb-synthesis/zzz.mp4\n"),
+    "dfdc": ("dfdc", "filename,label\na.mp4,1\na2.mp4,REAL\n"),
+    "dfdcp": ("dfdcp", json.dumps({"original_videos/a.mp4": {"label": "real", "set": "val"}})),
+    "ff++": ("ff++", '[["004", "005"], ["001", "006"]]'),
+}
+
+
 def _listing_case(root: Path, case: str) -> str:
-    """A dataset whose listing file has one bad row; returns the dataset name."""
-    if case.startswith("cdfv2"):
-        for f in ("Celeb-real/a.mp4", "Celeb-synthesis/b.mp4", "YouTube-real/c.mp4"):
-            U.touch(root / f)
-        rows = {"cdfv2-swapped": "Celeb-real/a.mp4 1\nCeleb-synthesis/b.mp4 0\n",
-                "cdfv2-missing": "1 Celeb-real/a.mp4\n0 Celeb-synthesis/zzz.mp4\n"}
-        (root / "List_of_testing_videos.txt").write_text(rows[case])
-        return "cdfv2"
-    if case == "dfdc":
-        U.touch(root / "test" / "a.mp4")
-        (root / "test" / "labels.csv").write_text("filename,label\na.mp4,1\na2.mp4,REAL\n")
-        return "dfdc"
-    if case == "dfdcp":
-        U.touch(root / "original_videos" / "a.mp4")
-        (root / "dataset.json").write_text(json.dumps(
-            {"original_videos/a.mp4": {"label": "real", "set": "val"}}))
-        return "dfdcp"
-    U.ffpp_tree(root)
-    (root / "test.json").write_text('[["004", "005"], ["001", "006"]]')
-    return "ff++"
+    """A dataset whose listing file has one bad row (FF++: test.json); returns the dataset name."""
+    dataset, content = LISTING_CASES[case]
+    listing = U.listing_tree(root, dataset)
+    (root / ("test.json" if dataset == "ff++" else listing)).write_text(content)
+    return dataset
 
 
 @pytest.mark.parametrize("case,says", [
