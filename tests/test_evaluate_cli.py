@@ -310,8 +310,10 @@ def test_torchrun_two_cpu_ranks_same_outputs_as_one_process(make_split, tmp_path
         return rows, json.load(open(folder / "cdfv2" / "metrics.json"))
     (one, m1), (two, m2) = outputs(tmp_path / "single"), outputs(tmp_path / "multi")
     assert [r["video_id"] for r in one] == [r["video_id"] for r in two] == ["a", "b", "e", "c", "d"]
+    # videos.csv writes p_fake to 6 decimals: two runs 1e-7 apart can round to neighbouring last
+    # digits, so the 1e-6 claim on the scores is 1e-6 plus the half unit the rounding may add to each
     for a, b in zip(one, two):
-        assert float(a["p_fake"]) == pytest.approx(float(b["p_fake"]), abs=1e-6)
+        assert float(a["p_fake"]) == pytest.approx(float(b["p_fake"]), abs=1e-6 + 2 * 0.5e-6)
     for level in ("video", "frame"):
         assert m1[level]["auroc"] == m2[level]["auroc"] and m1[level]["n"] == m2[level]["n"]
         for key in ("ap", "eer", "acc"):
