@@ -33,7 +33,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, S
 from tqdm import tqdm
 
 import clip_vit
-from layouts import FFPP_SOURCES, DataError, Video, load_videos  # noqa: F401 (re-exported)
+from util.layouts import FFPP_SOURCES, DataError, Video, load_videos  # noqa: F401 (re-exported)
 
 
 def eval_transform(size: int = 224) -> Callable[[torch.Tensor], torch.Tensor]:

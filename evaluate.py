@@ -38,12 +38,13 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import clip_vit
-import layouts
 import preprocess
 from data import compute_metrics, predict, video_means, video_scores  # noqa: F401 (documented here too)
-from layouts import (FFPP_METHODS, IMAGE_EXTS, INDEX_FIELDS, VIDEO_EXTS, DataError, Video,
+from util.files import csv_text, png_bytes, write_json, write_output, writing
+from util.tokenizer import load_tokenizer
+from util.layouts import (FFPP_METHODS, IMAGE_EXTS, INDEX_FIELDS, VIDEO_EXTS, DataError, Video,
                      command_for, load_videos)
-from train import at_least, device_flag
+from util.cli import at_least, device_flag
 
 # the paper's cross-dataset columns, in its order, and how the table names them
 PAPER_DATASETS = ["cdfv2", "dfd", "dfdc", "ffiw", "dsv1"]
@@ -61,33 +62,6 @@ def display(dataset: str) -> str:
 
 # ----------------------------------------------------------------------------- outputs
 
-def cannot_write(path: Path, e: OSError) -> OSError:
-    """The one-line error for an output that could not be written (full disk, no permission)."""
-    hint = "; free some disk space and re-run" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
-    return OSError(f"cannot write {path}: {e.strerror or e}{hint}")
-
-
-def write_output(path: Path, content: str | bytes) -> None:
-    """Whole or not at all (layouts.atomic_write): a full disk never leaves a truncated
-    videos.csv / metrics.json / summary / roc.png that a rerun would take as finished."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        layouts.atomic_write(path, content)
-    except OSError as e:
-        raise cannot_write(path, e) from None
-
-
-def write_json(path: Path, obj) -> None:
-    write_output(path, json.dumps(obj, indent=2) + "\n")
-
-
-def png_bytes(bgr: np.ndarray) -> bytes:
-    ok, buf = cv2.imencode(".png", bgr)
-    if not ok:
-        raise ValueError("OpenCV cannot encode the image as PNG")
-    return buf.tobytes()
-
-
 # ----------------------------------------------------------------------------- models
 
 class ZeroShotCLIP(nn.Module):
@@ -104,15 +78,6 @@ class ZeroShotCLIP(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         image = F.normalize(self.clip.encode_image(images).float(), dim=-1)  # [N, D]
         return self.clip.logit_scale.exp().float() * image @ self.text.t()   # [N, 2]
-
-
-def load_tokenizer(bpe: str | None) -> clip_vit.Tokenizer:
-    """CLIP's tokenizer from --bpe (None: downloaded once, cached); ValueError naming the file."""
-    try:
-        return clip_vit.Tokenizer(bpe)
-    except (ValueError, OSError, EOFError, RuntimeError) as e:  # missing, not gzip, cut short, offline
-        what = f"--bpe {bpe}" if bpe else "CLIP's BPE vocabulary"
-        raise ValueError(f"cannot read {what} (expected CLIP's bpe_simple_vocab_16e6.txt.gz): {e}") from None
 
 
 def load_zero_shot(args) -> tuple[nn.Module, str, str]:
@@ -282,7 +247,7 @@ def write_dataset_outputs(out_dir: Path, result: dict, videos: list[Video], vide
     rows = [{"video_id": v.video_id, "source": v.source, "label": v.label, "n_frames": len(v.frames),
              "p_fake": f"{p:.6f}", "path": v.path, "file": v.file} for v, p in zip(videos, video_p)]
     fields = ["video_id", "source", "label", "n_frames", "p_fake", "path", "file"]
-    write_output(videos_csv, layouts.csv_text(fields, rows))
+    write_output(videos_csv, csv_text(fields, rows))
     title = f"{display(result['dataset'])} {result['split']} - {result['model']}"
     if not write_roc_png(roc, curves, title):  # one class: no curve to draw
         roc.unlink(missing_ok=True)            # nor a stale one from a past run
@@ -771,22 +736,18 @@ class PredictionsCSV:
     def __init__(self, path: Path):
         self.path = path
         self.rows = 0  # on disk
-        try:
+        with writing(path):
             path.parent.mkdir(parents=True, exist_ok=True)
             self.file = open(path, "w", newline="")
             self.writer = csv.DictWriter(self.file, fieldnames=list(row(Path())))
             self.writer.writeheader()
             self.file.flush()
-        except OSError as e:
-            raise cannot_write(path, e) from None
 
     def write_rows(self, rows: list[dict]) -> None:
         """The rows, on disk when this returns."""
-        try:
+        with writing(self.path):
             self.writer.writerows(rows)
             self.file.flush()
-        except OSError as e:
-            raise cannot_write(self.path, e) from None
         self.rows += len(rows)
 
     def close(self) -> None:

@@ -60,9 +60,10 @@ try:
 except ImportError:
     fcntl = None
 
-from layouts import (DATASETS, FAILURE_FIELDS, IMAGE_EXTS, WHERE_TO_GET, LayoutError, Video,
-                     atomic_write, csv_text, default_roots, find_dataset, list_videos,
-                     output_name, read_failures, rel_path, write_index)
+from util.files import atomic_write, csv_text
+from util.layouts import (DATASETS, FAILURE_FIELDS, IMAGE_EXTS, WHERE_TO_GET, LayoutError, Video,
+                          default_roots, find_dataset, list_videos, output_name, read_failures,
+                          rel_path, write_index)
 
 KEYPOINTS_68 = (37, 44, 30, 49, 55)  # left eye, right eye, nose tip, mouth corners (0-based)
 # 5-point template on a 96x112 face (x, y), the one the protocol aligns to

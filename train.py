@@ -56,7 +56,9 @@ from tqdm import tqdm
 
 import clip_vit
 import data as data_lib
-from layouts import Video, atomic_write
+from util import checkpoint
+from util.files import atomic_write
+from util.layouts import Video
 from losses import alignment, slerp_augment, uniformity
 
 
@@ -361,8 +363,8 @@ def checkpoint_config(cfg: TrainConfig) -> dict:
 
 def save_model(path: Path, detector: clip_vit.DeepfakeDetector, cfg: TrainConfig, **extra) -> None:
     """best.pt / last.pt: the trainable tensors only (LN + head: ~0.4 MB for ViT-L/14), atomically.
-    `extra` may hold frozen_sha256 (see clip_vit.save_checkpoint)."""
-    clip_vit.save_checkpoint(path, detector, checkpoint_config(cfg), **extra)
+    `extra` may hold frozen_sha256 (see util.checkpoint.save_checkpoint)."""
+    checkpoint.save_checkpoint(path, detector, checkpoint_config(cfg), **extra)
 
 
 RESUME_KEYS = ("optimizer", "rng", "step", "steps_per_epoch", "best_val_video_auroc")
@@ -374,7 +376,7 @@ def load_last(run_dir: Path) -> dict:
     if not last.is_file():
         raise RunError(f"--resume {run_dir}: no last.pt there (the run saved no checkpoint yet)")
     try:
-        ckpt = clip_vit.load_checkpoint(last)
+        ckpt = checkpoint.load_checkpoint(last)
     except OSError as e:
         raise RunError(f"--resume {run_dir}: cannot read {last}: {e.strerror or e}") from None
     except ValueError:  # clip_vit's one error for a damaged or foreign file
@@ -544,7 +546,7 @@ class Run:
     def frozen_sha256(self) -> str:
         """What every checkpoint of the run records of the frozen weights: they never change, so hashed once."""
         trainable = [n for n, p in self.detector.named_parameters() if p.requires_grad]
-        return clip_vit.base_sha256(self.detector, trainable)
+        return checkpoint.base_sha256(self.detector, trainable)
 
     def resume_command(self) -> str:
         if self.procs.distributed:
@@ -582,7 +584,7 @@ def open_run(cfg: TrainConfig, run: Run) -> None:
             raise RunError(f"{run.dir} already holds a run: pass --resume {run.dir} or another --name")
     else:
         ckpt = load_last(run.dir)
-        clip_vit.apply_checkpoint(run.detector, ckpt, cfg.clip)
+        checkpoint.apply_checkpoint(run.detector, ckpt, cfg.clip)
         run.optimizer.load_state_dict(ckpt["optimizer"])
         set_rng_state(ckpt["rng"])
         run.step, run.best, run.saved_step = ckpt["step"], ckpt["best_val_video_auroc"], ckpt["step"]

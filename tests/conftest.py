@@ -15,7 +15,8 @@ import torch
 import _video_utils as U
 import clip_vit
 import preprocess
-from layouts import INDEX_FIELDS
+from util.layouts import INDEX_FIELDS
+from util import checkpoint
 
 
 def make_tree(root: Path, dataset: str = "ff++", splits=("train", "val"),
@@ -114,5 +115,5 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     detector = clip_vit.build_detector("tiny")
     with torch.no_grad():  # a head that makes p_fake depend on the image, far from 0.5
         detector.head.weight.normal_(0, 5.0, generator=torch.Generator().manual_seed(1))
-    clip_vit.save_checkpoint(path, detector, {"clip": "tiny", "normalize": True})
+    checkpoint.save_checkpoint(path, detector, {"clip": "tiny", "normalize": True})
     return path

@@ -5,9 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import bench
+from tools import bench
 
-ROOT = Path(bench.__file__).resolve().parent
+ROOT = Path(bench.__file__).resolve().parent.parent
 
 
 def test_bench_writes_every_part(tmp_path, capsys):
@@ -46,7 +46,7 @@ def test_bench_writes_every_part(tmp_path, capsys):
 def test_bad_flags_are_usage_errors():
     # both at once: each pays the interpreter's and torch's start-up
     flags = (["--device", "gpu"], ["--batch-size", "0"])
-    runs = [subprocess.Popen([sys.executable, "bench.py", *f], cwd=ROOT, stdout=subprocess.PIPE,
+    runs = [subprocess.Popen([sys.executable, "-m", "tools.bench", *f], cwd=ROOT, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True) for f in flags]
     for f, run in zip(flags, runs):
         _, err = run.communicate(timeout=120)

@@ -18,6 +18,8 @@ import pytest
 import torch
 
 import clip_vit as cv
+from util import authors, checkpoint, download
+from util.tokenizer import Tokenizer
 
 REFERENCE = Path(sysconfig.get_paths()["purelib"]) / "clip"  # OpenAI's code, from the openai-clip wheel
 
@@ -35,7 +37,7 @@ def reference(name: str):
 def test_tiny_clip_equals_openai_reference():
     ref = reference("model").build_model(cv.tiny_clip(seed=1).state_dict()).float().eval()
     ours = cv.build_model(ref.state_dict()).eval()
-    tokenizer = cv.Tokenizer(REFERENCE / "bpe_simple_vocab_16e6.txt.gz")
+    tokenizer = Tokenizer(REFERENCE / "bpe_simple_vocab_16e6.txt.gz")
     images, text = torch.randn(2, 3, 224, 224), cv.tokenize(["a photo of a real face", "a fake"], tokenizer=tokenizer)
     with torch.no_grad():
         for a, b in zip(ref(images, text), ours(images, text)):
@@ -85,7 +87,7 @@ def test_vit_l14_parameter_counts():
     visual = vit_l14_meta()
     assert sum(p.numel() for p in visual.parameters()) == 303_966_208
     detector = cv.DeepfakeDetector(visual)
-    assert cv.enable_ln_tuning(detector) == 104_450
+    assert cv.set_trainable(detector, "ln") == 104_450
     trainable = [n for n, p in detector.named_parameters() if p.requires_grad]
     assert len(trainable) == 50 * 2 + 2
     assert all(".ln_" in n or n.startswith("head.") for n in trainable)
@@ -95,7 +97,7 @@ def test_vit_l14_parameter_counts():
 
 def test_frozen_weights_get_no_gradient():
     detector = cv.DeepfakeDetector(cv.tiny_visual())
-    cv.enable_ln_tuning(detector)
+    cv.set_trainable(detector, "ln")
     detector(torch.randn(2, 3, 224, 224)).sum().backward()
     for name, p in detector.named_parameters():
         assert (p.grad is not None) == p.requires_grad, name
@@ -118,7 +120,7 @@ def test_grad_checkpointing_gives_the_same_gradients():
     for ckpt in (False, True):
         torch.manual_seed(0)  # the same head
         detector = cv.DeepfakeDetector(cv.tiny_visual())
-        cv.enable_ln_tuning(detector)
+        cv.set_trainable(detector, "ln")
         detector.visual.transformer.grad_checkpointing = ckpt
         detector(torch.ones(1, 3, 224, 224)).sum().backward()
         grads.append(detector.visual.ln_pre.weight.grad)
@@ -216,12 +218,12 @@ def test_download_caches_and_verifies(tmp_path, payload, capsys):
     data, sha = payload
     server = Server({"weights.pt": data})
     try:
-        path = cv.download(f"{server.url}/x/weights.pt", tmp_path, sha256=sha)
+        path = download.download(f"{server.url}/x/weights.pt", tmp_path, sha256=sha)
         assert path.read_bytes() == data and "weights.pt" in capsys.readouterr().err  # tqdm bar
-        assert cv.download(f"{server.url}/x/weights.pt", tmp_path, sha256=sha) == path
+        assert download.download(f"{server.url}/x/weights.pt", tmp_path, sha256=sha) == path
         assert server.requests == 1  # second call hit the cache
         path.write_bytes(b"corrupt")  # a damaged cache is fetched again
-        assert cv.download(f"{server.url}/x/weights.pt", tmp_path, sha256=sha).read_bytes() == data
+        assert download.download(f"{server.url}/x/weights.pt", tmp_path, sha256=sha).read_bytes() == data
         assert server.requests == 2
     finally:
         server.close()
@@ -232,10 +234,10 @@ def test_download_wrong_hash_and_truncation_leave_nothing(tmp_path, payload):
     data, sha = payload
     server = Server({"weights.pt": data, "cut.pt": data}, truncate={"cut.pt"})
     try:
-        with pytest.raises(cv.DownloadError, match="SHA-256"):
-            cv.download(f"{server.url}/weights.pt", tmp_path, sha256="0" * 64)
-        with pytest.raises(cv.DownloadError, match="could not download"):
-            cv.download(f"{server.url}/cut.pt", tmp_path, sha256=sha)
+        with pytest.raises(download.DownloadError, match="SHA-256"):
+            download.download(f"{server.url}/weights.pt", tmp_path, sha256="0" * 64)
+        with pytest.raises(download.DownloadError, match="could not download"):
+            download.download(f"{server.url}/cut.pt", tmp_path, sha256=sha)
     finally:
         server.close()
     assert list(tmp_path.iterdir()) == []
@@ -249,20 +251,20 @@ def test_named_model_downloads_through_mirror_and_offline_error(tmp_path, monkey
     server = Server({"ViT-B-32.pt": data})
     monkeypatch.setenv("CLIP_MIRROR", server.url)
     try:  # the published SHA-256 does not match our tiny file: refused, nothing cached
-        with pytest.raises(cv.DownloadError, match="expected 40d36571"):
+        with pytest.raises(download.DownloadError, match="expected 40d36571"):
             cv.load("ViT-B/32", download_root=tmp_path / "cache")
     finally:
         server.close()
     assert list((tmp_path / "cache").iterdir()) == []
     monkeypatch.setenv("CLIP_MIRROR", "http://127.0.0.1:9")  # nothing listens on the discard port
-    with pytest.raises(cv.DownloadError, match=r"could not download http://127.0.0.1:9/ViT-L-14.pt .*by hand"):
+    with pytest.raises(download.DownloadError, match=r"could not download http://127.0.0.1:9/ViT-L-14.pt .*by hand"):
         cv.load("ViT-L/14", download_root=tmp_path / "cache")
 
 
 def test_xdg_cache_home_is_honoured(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert cv.cache_dir() == tmp_path / "clip"
-    assert cv.cache_dir(tmp_path / "mine") == tmp_path / "mine"
+    assert download.cache_dir() == tmp_path / "clip"
+    assert download.cache_dir(tmp_path / "mine") == tmp_path / "mine"
 
 
 # ---------------------------------------------------------------- tokenizer
@@ -275,7 +277,7 @@ def small_vocab(path: Path) -> Path:
 
 
 def test_tokenizer_small_vocabulary(tmp_path):
-    tok = cv.Tokenizer(small_vocab(tmp_path / "vocab.txt.gz"))
+    tok = Tokenizer(small_vocab(tmp_path / "vocab.txt.gz"))
     assert len(tok.encoder) == 512 + 8 + 2
     hello, world = tok.encoder["hello</w>"], tok.encoder["world</w>"]
     assert tok.encode("  Hello   WORLD ") == [hello, world]
@@ -291,13 +293,13 @@ def test_tokenizer_small_vocabulary(tmp_path):
 
 
 def test_tokenizer_equals_openai_on_its_vocabulary():
-    ours = cv.Tokenizer(REFERENCE / "bpe_simple_vocab_16e6.txt.gz")
+    ours = Tokenizer(REFERENCE / "bpe_simple_vocab_16e6.txt.gz")
     ref = reference("simple_tokenizer").SimpleTokenizer(str(REFERENCE / "bpe_simple_vocab_16e6.txt.gz"))
     assert len(ours.encoder) == 49408
     for text in ["a photo of a real face", "Hello,   WORLD!! naïve café &amp; 日本語 don't", "deepfake" * 9, "3.14"]:
         assert ours.encode(text) == ref.encode(text)
         assert ours.decode(ours.encode(text)) == ref.decode(ref.encode(text))
-    assert cv._sha256(REFERENCE / "bpe_simple_vocab_16e6.txt.gz") == cv.BPE_SHA256
+    assert download.sha256_of(REFERENCE / "bpe_simple_vocab_16e6.txt.gz") == download.BPE_SHA256
 
 
 # ---------------------------------------------------------------- Hugging Face names
@@ -326,25 +328,25 @@ def to_hf(visual_sd: dict) -> dict:
 
 def test_hf_conversion_round_trip():
     visual = cv.tiny_visual(seed=5).eval()
-    rebuilt = cv.build_visual(cv.convert_hf_vision_state_dict(to_hf(visual.state_dict()))).eval()
+    rebuilt = cv.build_visual(authors.convert_hf_vision_state_dict(to_hf(visual.state_dict()))).eval()
     images = torch.randn(2, 3, 224, 224)
     with torch.no_grad():
         assert torch.equal(visual.forward_features(images), rebuilt.forward_features(images))
     with pytest.raises(ValueError, match="Hugging Face CLIP vision keys"):
-        cv.convert_hf_vision_state_dict({"visual.conv1.weight": torch.zeros(1)})
+        authors.convert_hf_vision_state_dict({"visual.conv1.weight": torch.zeros(1)})
 
 
 # ---------------------------------------------------------------- this project's checkpoints
 
 def test_checkpoint_round_trip_and_base_check(tmp_path):
     detector = cv.build_detector("tiny")
-    cv.enable_ln_tuning(detector)
+    cv.set_trainable(detector, "ln")
     with torch.no_grad():
         for p in detector.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p))
-    cv.save_checkpoint(tmp_path / "best.pt", detector, {"clip": "tiny", "normalize": True}, epoch=3)
-    ckpt = cv.load_checkpoint(tmp_path / "best.pt")
+    checkpoint.save_checkpoint(tmp_path / "best.pt", detector, {"clip": "tiny", "normalize": True}, epoch=3)
+    ckpt = checkpoint.load_checkpoint(tmp_path / "best.pt")
     assert ckpt["epoch"] == 3 and set(ckpt["state_dict"]) == {n for n, p in detector.named_parameters() if p.requires_grad}
     loaded = cv.load_detector(tmp_path / "best.pt")
     for (n, a), b in zip(detector.state_dict().items(), loaded.state_dict().values()):
@@ -352,7 +354,7 @@ def test_checkpoint_round_trip_and_base_check(tmp_path):
     # the same tensors over other base weights are refused
     other = cv.DeepfakeDetector(cv.tiny_visual(seed=1))
     with pytest.raises(ValueError, match="trained on CLIP weights with SHA-256 .* pass the CLIP weights"):
-        cv.apply_checkpoint(other, ckpt, "tiny seed 1")
+        checkpoint.apply_checkpoint(other, ckpt, "tiny seed 1")
     torch.save(other.visual.state_dict() | {}, tmp_path / "other.pt")
     torch.save({"visual." + k: v for k, v in other.visual.state_dict().items()}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="different|SHA-256"):
@@ -362,8 +364,8 @@ def test_checkpoint_round_trip_and_base_check(tmp_path):
 def test_vit_l14_checkpoint_is_small(tmp_path):
     torch.manual_seed(0)
     detector = cv.DeepfakeDetector(cv.VisionTransformer(224, 14, 1024, 24, 16, 768))
-    cv.enable_ln_tuning(detector)
-    cv.save_checkpoint(tmp_path / "l14.pt", detector, {"clip": "ViT-L/14", "normalize": True})
+    cv.set_trainable(detector, "ln")
+    checkpoint.save_checkpoint(tmp_path / "l14.pt", detector, {"clip": "ViT-L/14", "normalize": True})
     assert (tmp_path / "l14.pt").stat().st_size < 1_000_000
 
 
@@ -485,9 +487,9 @@ def test_authors_backbone_and_input_size_agreeing_with_the_tensors_are_honoured(
     """The released file's own settings: ViT-L/14 at 224 px (sizes of a meta tower: no weights needed)."""
     sizes = cv._vision_sizes({"visual." + k: v for k, v in vit_l14_meta().state_dict().items()})
     config = {"head": "linear", "backbone": "openai/clip-vit-large-patch14", "backbone_args": {"img_size": 224}}
-    assert cv._authors_normalize(config, sizes, "model.ckpt") is False
+    assert authors.authors_normalize(config, sizes, "model.ckpt") is False
     with pytest.raises(ValueError, match="backbone='openai/clip-vit-large-patch14-336' disagrees"):
-        cv._authors_normalize(config | {"backbone": "openai/clip-vit-large-patch14-336"}, sizes, "model.ckpt")
+        authors.authors_normalize(config | {"backbone": "openai/clip-vit-large-patch14-336"}, sizes, "model.ckpt")
 
 
 def test_authors_tensors_this_project_does_not_run_are_refused(tmp_path):
@@ -547,7 +549,7 @@ def test_a_damaged_authors_checkpoint_is_one_clear_value_error(tmp_path, how):
     _, path = authors_checkpoint(tmp_path / "model.ckpt")
     damage, message = DAMAGED[how]
     damage(path)
-    for read, fix in ((cv.read_authors_checkpoint, "download the authors' model.ckpt again"),
+    for read, fix in ((authors.read_authors_checkpoint, "download the authors' model.ckpt again"),
                       (cv.load_detector, "pass best.pt or last.pt written by train.py")):
         with pytest.raises(Exception) as e:
             read(path)
@@ -581,7 +583,7 @@ def test_restricted_unpickler_refuses_builtins():
     data = pickle.dumps(eval)
     import io
     with pytest.raises(pickle.UnpicklingError, match="builtins.eval"):
-        cv.RestrictedUnpickler(io.BytesIO(data)).load()
+        authors.RestrictedUnpickler(io.BytesIO(data)).load()
 
 
 def test_authors_download_through_mirror(tmp_path, monkeypatch):

@@ -10,12 +10,13 @@ import pytest
 import torch
 
 import clip_vit as cv
+from util import checkpoint, clip_weights
 
 
 def our_checkpoint(path: Path) -> Path:
     detector = cv.build_detector("tiny")
-    cv.enable_ln_tuning(detector)
-    cv.save_checkpoint(path, detector, {"clip": "tiny", "normalize": True}, step=3)
+    cv.set_trainable(detector, "ln")
+    checkpoint.save_checkpoint(path, detector, {"clip": "tiny", "normalize": True}, step=3)
     return path
 
 
@@ -26,10 +27,10 @@ def openai_state_dict(path: Path) -> Path:
 
 # The authors' model.ckpt gets the same checks in test_clip_vit.py, next to the writer of that format.
 READERS = {  # name: (writes a valid file, reads it, the advice every error about it gives)
-    "load_checkpoint": (our_checkpoint, cv.load_checkpoint, "re-running training"),
+    "load_checkpoint": (our_checkpoint, checkpoint.load_checkpoint, "re-running training"),
     "load_detector": (our_checkpoint, cv.load_detector, "pass best.pt or last.pt written by train.py"),
     "load": (openai_state_dict, cv.load, "pass OpenAI's CLIP weights"),
-    "read_state_dict": (openai_state_dict, cv.read_state_dict, "pass OpenAI's CLIP weights"),
+    "read_state_dict": (openai_state_dict, clip_weights.read_state_dict, "pass OpenAI's CLIP weights"),
 }
 NOT_IT = {  # what each reader says of a torch file holding a list
     "load_checkpoint": "is not a checkpoint of this project (format 'clip-deepfake/1'): it holds a list",
@@ -94,7 +95,7 @@ def test_truncated_last_pt_names_the_fix(tmp_path):
     damage(path, "half")
     with pytest.raises(ValueError, match=rf"^{path} is truncated or corrupt .*; write it again by re-running "
                                          r"training \(train.py\), or pass another checkpoint"):
-        cv.load_checkpoint(path)
+        checkpoint.load_checkpoint(path)
 
 
 def test_the_wrong_kind_of_right_file(tmp_path):
@@ -102,7 +103,7 @@ def test_the_wrong_kind_of_right_file(tmp_path):
     with pytest.raises(ValueError, match="is a checkpoint of this project .* not CLIP weights"):
         cv.load(str(ours))
     with pytest.raises(ValueError, match="not a checkpoint of this project .* holds a dict with keys 'positional"):
-        cv.load_checkpoint(weights)
+        checkpoint.load_checkpoint(weights)
     torch.save({"linear.weight": torch.zeros(2, 3)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="is a state dict of another model: missing visual.conv1.weight; pass OpenAI"):
         cv.load(str(tmp_path / "other.pt"))
@@ -110,7 +111,7 @@ def test_the_wrong_kind_of_right_file(tmp_path):
     with pytest.raises(ValueError, match="is a state dict of another model: missing visual.conv1.weight"):
         cv.load(str(tmp_path / "script.pt"))
     with pytest.raises(ValueError, match="is not a checkpoint of this project: a TorchScript archive"):
-        cv.load_checkpoint(tmp_path / "script.pt")
+        checkpoint.load_checkpoint(tmp_path / "script.pt")
     with pytest.raises(ValueError, match="nor the authors' model.ckpt: a TorchScript archive"):
         cv.load_detector(tmp_path / "script.pt")
     damage(tmp_path / "script.pt", "half")

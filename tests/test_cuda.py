@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import _video_utils as U
-import bench
+from tools import bench
 import clip_vit as cv
 import data
 import train
@@ -29,7 +29,7 @@ import train
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 CUDA = torch.device("cuda", 0)
-ROOT = Path(bench.__file__).resolve().parent
+ROOT = Path(bench.__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
@@ -75,7 +75,7 @@ def test_bf16_forward_of_vit_l14_matches_fp32():
 def test_ln_tuning_step_changes_only_layernorms_and_head():
     cfg = train.TrainConfig()
     detector = tiny_detector().to(CUDA)
-    cv.enable_ln_tuning(detector)
+    cv.set_trainable(detector, "ln")
     detector.train()
     expected = {f"{name}.{p}" for name, module in detector.named_modules()
                 if isinstance(module, nn.LayerNorm) or name == "head" for p, _ in module.named_parameters(recurse=False)}
@@ -117,7 +117,7 @@ try:
     cfg = train.TrainConfig()
     torch.manual_seed(0)
     detector = cv.DeepfakeDetector(cv.tiny_visual()).to(device)
-    cv.enable_ln_tuning(detector)
+    cv.set_trainable(detector, "ln")
     model = DDP(train.TrainForward(detector, cfg.slerp), device_ids=[device.index])
     optimizer = torch.optim.AdamW([p for p in detector.parameters() if p.requires_grad], lr=cfg.lr)
     images = torch.randn(8, 3, 224, 224, device=device)

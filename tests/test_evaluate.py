@@ -14,6 +14,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 import clip_vit
 import evaluate
+from util import checkpoint
+from util.tokenizer import Tokenizer
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -250,7 +252,7 @@ def test_zero_shot_baseline_same_outputs(make_split, tmp_path, capsys):
 
     # p_fake = softmax(logit_scale * cosine(image, prompt)) over (real, fake), computed directly
     clip = clip_vit.tiny_clip().eval()
-    tokens = clip_vit.tokenize(list(evaluate.PROMPTS), tokenizer=clip_vit.Tokenizer(bpe))
+    tokens = clip_vit.tokenize(list(evaluate.PROMPTS), tokenizer=Tokenizer(bpe))
     files = sorted((data / "dfd" / "test" / "DeepFakeDetection" / "d").glob("*.png"))
     tf = clip_vit.image_transform(224)
     images = torch.stack([tf(cv2.imread(str(f))[:, :, ::-1].copy()) for f in files])
@@ -299,8 +301,8 @@ def test_broken_datasets_listed_in_all_table_not_fatal(make_split, tmp_path, tin
 def test_bad_checkpoint_and_file_arguments_one_line_errors(tmp_path, tiny_ckpt):
     ln_ckpt = tmp_path / "ln.pt"  # LN-tuning: the frozen rest must be the CLIP it was trained on
     detector = clip_vit.build_detector("tiny")
-    clip_vit.enable_ln_tuning(detector)
-    clip_vit.save_checkpoint(ln_ckpt, detector, {"clip": "tiny", "normalize": True})
+    clip_vit.set_trainable(detector, "ln")
+    checkpoint.save_checkpoint(ln_ckpt, detector, {"clip": "tiny", "normalize": True})
     other_clip = tmp_path / "other_clip.pt"
     torch.save({f"visual.{k}": v for k, v in clip_vit.tiny_visual(seed=5).state_dict().items()}, other_clip)
     not_ckpt = tmp_path / "notes.txt"

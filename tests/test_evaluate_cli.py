@@ -19,7 +19,8 @@ import pytest
 
 import _video_utils as U
 import evaluate
-import layouts
+from util import layouts
+from util import files
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -176,7 +177,7 @@ def test_bad_data_and_file_arguments(split, finished, tmp_path, tiny_ckpt):
 def test_full_disk_while_writing_outputs(split, finished, tiny_ckpt, monkeypatch):
     """Every output goes through atomic_write: ENOSPC on any of them is one line, and the
     earlier run's file of that name stays whole."""
-    real = layouts.atomic_write
+    real = files.atomic_write
     for name in ("videos.csv", "roc.png", "metrics.json", "cdfv2-summary.md", "cdfv2-summary.json"):
         target = next(iter(finished.rglob(name)), None)
         before = target.read_bytes() if target else None
@@ -185,7 +186,7 @@ def test_full_disk_while_writing_outputs(split, finished, tiny_ckpt, monkeypatch
             if Path(path).name == name:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
             real(path, content)
-        monkeypatch.setattr(layouts, "atomic_write", full)
+        monkeypatch.setattr(files, "atomic_write", full)
         with pytest.raises(SystemExit) as e:
             evaluate.main(["--dataset", "cdfv2", "--checkpoint", str(tiny_ckpt), "--data", str(split),
                            "--out", str(finished), "--workers", "0"])
@@ -199,7 +200,7 @@ def test_full_disk_while_writing_outputs(split, finished, tiny_ckpt, monkeypatch
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
 def test_full_disk_predictions_csv_row_by_row(tmp_path, tiny_ckpt):
     image = tmp_path / "face.png"
-    image.write_bytes(evaluate.png_bytes(np.zeros((32, 32, 3), np.uint8)))
+    image.write_bytes(files.png_bytes(np.zeros((32, 32, 3), np.uint8)))
     out = tmp_path / "out"
     out.mkdir()
     (out / "predictions.csv").symlink_to("/dev/full")  # every write: ENOSPC

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 import _video_utils as U
-import layouts as L
+from util import layouts as L
 import preprocess as P
+from util import files
 
 
 def test_layout_ffpp(tmp_path):
@@ -242,7 +243,7 @@ def test_atomic_write_concurrent_names(tmp_path, monkeypatch):
     import errno
     import os
     target = tmp_path / "index.csv"
-    L.atomic_write(target, "old\n")
+    files.atomic_write(target, "old\n")
     names = []
     real_open = open
 
@@ -256,7 +257,7 @@ def test_atomic_write_concurrent_names(tmp_path, monkeypatch):
     monkeypatch.setattr("builtins.open", full_disk)
     for _ in range(2):
         with pytest.raises(OSError) as e:
-            L.atomic_write(target, "new\n")
+            files.atomic_write(target, "new\n")
         assert e.value.errno == errno.ENOSPC and e.value.filename == str(target)
     monkeypatch.undo()
     assert target.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["index.csv"]

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import _video_utils as U
-from layouts import FFPP_SOURCES
+from util.layouts import FFPP_SOURCES
 import evaluate
 import preprocess
 import train

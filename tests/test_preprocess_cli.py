@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 
 import _video_utils as U
-import layouts
+from util import layouts
 import preprocess as P
+from util import files
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -442,7 +443,7 @@ def test_full_disk_is_one_line_and_leaves_nothing_half_written(small_folder, tmp
     folder or file, no video recorded as failed for it, and the rerun finishes the rest
     without redoing a finished video."""
     import errno
-    import layouts as L
+    from util import layouts as L
     out = tmp_path / "o"
     args = ["--dataset", "folder", "--root", str(small_folder), "--out", str(out),
             "--workers", "1", "--split", "test"]
@@ -467,7 +468,7 @@ def test_full_disk_is_one_line_and_leaves_nothing_half_written(small_folder, tmp
     monkeypatch.setattr(P, "_save", save)
     stamp = (folders[0] / "meta.json").stat().st_mtime_ns
 
-    real_write = L.atomic_write
+    real_write = files.atomic_write
 
     def index_disk_full(path, data):
         if Path(path).name == "index.csv":

@@ -11,6 +11,7 @@ import torch.nn as nn
 
 import clip_vit
 import train
+from util import checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -67,8 +68,8 @@ def test_ln_tuning_learns_and_changes_only_layernorms_and_head(train_tree, fast_
     torch.manual_seed(cfg.seed)  # the head train.py starts from
     start.head.reset_parameters()
     before = objective(start)
-    hashed, base_sha256 = [], clip_vit.base_sha256
-    monkeypatch.setattr(clip_vit, "base_sha256", lambda *a: hashed.append(1) or base_sha256(*a))
+    hashed, base_sha256 = [], checkpoint.base_sha256
+    monkeypatch.setattr(checkpoint, "base_sha256", lambda *a: hashed.append(1) or base_sha256(*a))
     trained = run(train_tree, tmp_path, *fast_flags, "--epochs", "2", "--no-val", "--name", "ln")
     assert len(hashed) == 1  # the frozen weights are hashed once per run, not at every save
     monkeypatch.undo()
@@ -203,6 +204,6 @@ def test_vit_l14_checkpoint_is_under_1_mb(tmp_path):
     path = tmp_path / "best.pt"
     train.save_model(path, detector, train.TrainConfig(), step=0)
     assert path.stat().st_size < 1_000_000, path.stat().st_size
-    ckpt = clip_vit.load_checkpoint(path)  # weights_only=True
+    ckpt = checkpoint.load_checkpoint(path)  # weights_only=True
     assert sum(t.numel() for t in ckpt["state_dict"].values()) == 104_450
     assert ckpt["config"]["clip"] == "ViT-L/14" and ckpt["config"]["normalize"] is True

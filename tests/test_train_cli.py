@@ -15,8 +15,9 @@ import torch
 
 import _video_utils as U
 import clip_vit
-import layouts
+from util import layouts
 import train
+from util import checkpoint
 
 ROOT = Path(train.__file__).resolve().parent
 
@@ -200,7 +201,7 @@ def test_full_disk_is_one_line_naming_the_file_and_the_run_resumes(train_tree, f
     args = ["--data", str(train_tree), "--out", str(tmp_path), *fast_flags, "--epochs", "1", "--no-val",
             "--save-every", "2", "--name", "full"]
     run = tmp_path / "full"
-    real_write, writes = layouts.atomic_write, []
+    real_write, writes = checkpoint.atomic_write, []
 
     def no_space(*a):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -212,7 +213,7 @@ def test_full_disk_is_one_line_naming_the_file_and_the_run_resumes(train_tree, f
                 m.setattr(os, "fsync", no_space)
             return real_write(path, data)
 
-    monkeypatch.setattr(clip_vit, "atomic_write", second_last_pt_fails)
+    monkeypatch.setattr(checkpoint, "atomic_write", second_last_pt_fails)
     with pytest.raises(SystemExit, match=rf"^error: cannot write {run / 'last.pt'}: No space left on device; "
                                          rf"make room .*python train.py --resume {run}`"):
         train.main(args)
@@ -227,7 +228,7 @@ def test_full_disk_is_one_line_naming_the_file_and_the_run_resumes(train_tree, f
             fh.write(line[:10])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(clip_vit, "atomic_write", real_write)
+    monkeypatch.setattr(checkpoint, "atomic_write", real_write)
     monkeypatch.setattr(train, "append_line", half_then_full)
     with pytest.raises(SystemExit, match=rf"^error: cannot write {run / 'log.jsonl'}: No space left"):
         train.main(["--resume", str(run)])

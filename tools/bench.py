@@ -1,10 +1,10 @@
 """Speed of every stage, against what the hardware can do and against the reference procedures.
 
-    python bench.py                                  # CPU or CUDA, whichever is there
-    python bench.py --device cuda --json bench.json  # batch 128 (the paper's), bf16 autocast
-    python bench.py --device cuda --batch-size 64    # a smaller batch
-    python bench.py --parts forward,train_step       # a subset
-    python bench.py --parts preprocess --frames 8 --preprocess-videos 1   # a quick look
+    python -m tools.bench                                  # CPU or CUDA, whichever is there
+    python -m tools.bench --device cuda --json bench.json  # batch 128 (the paper's), bf16 autocast
+    python -m tools.bench --device cuda --batch-size 64    # a smaller batch
+    python -m tools.bench --parts forward,train_step       # a subset
+    python -m tools.bench --parts preprocess --frames 8 --preprocess-videos 1   # a quick look
     python -m pytest -q tests/test_bench.py tests/test_cuda.py   # test_cuda: skipped without a GPU
 
 On the CPU: batch 8, fp32 (bf16 is 6-8x slower there), each training step in a fresh process.
@@ -58,7 +58,7 @@ import train
 VIT_L14_FLOPS = 162.2e9  # one 224x224 image through the ViT-L/14 image tower (2 FLOPs per multiply-add)
 PARTS = ("forward", "train_step", "preprocess", "data")
 FFPP_TRAIN_VIDEOS = 720  # per source in FF++'s official train split (x 5 sources x 32 frames = 115,200)
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent.parent  # the scripts' folder
 # astronaut photo scales per face: a dlib box of ~70 px, ~180-200 px, and two people (~190 and ~150 px)
 FACE_ZOOMS = {"small_faces": (0.75,), "typical_faces": (2.0,), "two_faces": (2.0, 1.6)}
 
@@ -125,7 +125,7 @@ def train_step_seconds(model: str, device: torch.device, batch: int, repeat: int
     of `repeat`, and the peak memory above the model's own."""
     cfg = train.TrainConfig()
     detector = build(model, device)
-    cv.enable_ln_tuning(detector)
+    cv.set_trainable(detector, "ln")
     detector.train().visual.transformer.grad_checkpointing = checkpointing
     forward = train.TrainForward(detector, cfg.slerp)
     optimizer = torch.optim.AdamW([p for p in detector.parameters() if p.requires_grad], lr=cfg.lr,
@@ -195,7 +195,7 @@ def train_step_in_process(model: str, device: torch.device, batch: int, repeat: 
 def train_step_subprocess(model: str, batch: int, repeat: int, checkpointing: bool) -> dict:
     """CPU: a fresh process, since the process's peak resident memory is the only honest peak there
     (freed memory is not returned)."""
-    code = (f"import bench, json, torch; print(json.dumps(bench.train_step_seconds({model!r}, "
+    code = (f"import json, torch; from tools import bench; print(json.dumps(bench.train_step_seconds({model!r}, "
             f"torch.device('cpu'), {batch}, {repeat}, {checkpointing})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=HERE)
     if out.returncode != 0:  # its traceback, not only "exit status 1"

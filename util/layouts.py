@@ -14,17 +14,17 @@ from __future__ import annotations
 import contextlib
 import csv
 import glob
-import io
 import json
 import os
 import re
 import sys
-import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from util.files import atomic_write, csv_text
 
 DATASETS = ("ff++", "dfd", "cdfv2", "dfdc", "dfdcp", "ffiw", "dsv1", "folder")
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv"}
@@ -488,35 +488,6 @@ def find_dataset(name: str, base="datasets", compression: str = "c23",
 
 FAILURE_FIELDS = ["split", "source", "video_id", "file", "reason"]
 INDEX_FIELDS = ["video_id", "source", "label", "n_frames", "path", "file"]
-
-
-def atomic_write(path: str | os.PathLike, data: str | bytes | memoryview) -> None:
-    """Write a file whole or not at all: a temporary file beside it, renamed over it. A full
-    disk or a kill midway leaves the old file (or none), never a truncated one that a rerun
-    would take as finished; the temporary file is removed on failure. Its name is unique, so
-    that processes writing the same file at once (shards of one dataset) never mix their
-    bytes: the last rename wins, whole."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as fh:
-            fh.write(data.encode() if isinstance(data, str) else data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno is not None:  # name the file meant, not tmp
-            raise OSError(e.errno, e.strerror, str(path)) from None
-        raise
-
-
-def csv_text(fields: list[str], rows: list[dict]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()
 
 
 def read_failures(path: Path) -> dict[tuple[str, str, str], dict]:

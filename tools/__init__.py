@@ -1,0 +1,1 @@
+"""Measurements of the scripts beside this folder (python -m tools.bench)."""

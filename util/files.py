@@ -1,0 +1,82 @@
+"""Writing outputs: every file whole or not at all, and a failed write as one line naming the file."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import errno
+import io
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes | memoryview) -> None:
+    """Write a file whole or not at all: a temporary file beside it, renamed over it. A full
+    disk or a kill midway leaves the old file (or none), never a truncated one that a rerun
+    would take as finished; the temporary file is removed on failure. Its name is unique, so
+    that processes writing the same file at once (shards of one dataset) never mix their
+    bytes: the last rename wins, whole."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno is not None:  # name the file meant, not tmp
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        raise
+
+
+def csv_text(fields: list[str], rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike, advice: str | None = None) -> Iterator[None]:
+    """A failed write inside (full disk, no permission) as one OSError: `cannot write FILE: why;
+    advice`, FILE being the one the error names, else `path`. Without `advice`, a full disk says
+    to free space and re-run."""
+    try:
+        yield
+    except OSError as e:
+        if advice is None:
+            advice = "free some disk space and re-run" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        error = OSError(f"cannot write {e.filename or path}: {e.strerror or e}" + (f"; {advice}" if advice else ""))
+        error.errno = e.errno  # for callers that tell a full disk apart; the message stays one line
+        raise error from None
+
+
+def write_output(path: Path, content: str | bytes) -> None:
+    """Whole or not at all (atomic_write), its folder made first: a full disk never leaves a
+    truncated output that a rerun would take as finished."""
+    with writing(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, content)
+
+
+def write_json(path: Path, obj) -> None:
+    write_output(path, json.dumps(obj, indent=2) + "\n")
+
+
+def png_bytes(bgr: np.ndarray) -> bytes:
+    """A BGR (or grey) uint8 image as PNG bytes."""
+    ok, buf = cv2.imencode(".png", bgr)
+    if not ok:
+        raise ValueError("OpenCV cannot encode the image as PNG")
+    return buf.tobytes()
