@@ -48,6 +48,7 @@ class MLP(nn.Module):
                         beta=1.702, alpha=1.702)                        # 1.702 (x W + b): [N*257, 4096]
         h = F.silu(z)                                                   # 1.702 x sigmoid(1.702 x)
         out = torch.addmm(self.c_proj.bias, h, self.c_proj.weight.t(), alpha=1 / 1.702)  # [N*257, 1024]
+        # OpenAI's form: z = self.c_fc(x); return self.c_proj(z * torch.sigmoid(1.702 * z))
         return out.view(*shape[:-1], -1)
 
 
@@ -87,6 +88,7 @@ class ResidualAttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, first_only: bool = False) -> torch.Tensor:
         """first_only: compute only the class token's output (all tokens still serve as keys)."""
+        # OpenAI's form: x = x + self.attn(self.ln_1(x)); first_only keeps its first row, x[:, :1]
         x = (x[:, :1] if first_only else x) + self.attn(self.ln_1(x), self.causal, first_only)
         return x + self.mlp(self.ln_2(x))
 
@@ -141,6 +143,7 @@ class VisionTransformer(nn.Module):
         cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # [N, 1, 1024]
         x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # [N, 257, 1024]
         # Only the class token leaves the tower, so the last block computes its row alone.
+        # OpenAI's form: x = self.transformer(self.ln_pre(x)) -> [N, 257, 1024], then x[:, 0]
         x = self.transformer(self.ln_pre(x), first_only=True)           # [N, 1, 1024]
         return self.ln_post(x[:, 0])                                    # [N, 1024]
 

@@ -4,7 +4,12 @@ Video helpers (a real face from scikit-image, moved and scaled) are in _video_ut
 from __future__ import annotations
 
 import csv
+import http.server
+import importlib.util
+import sysconfig
+import threading
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Sequence
 
 import cv2
@@ -117,3 +122,62 @@ def tiny_ckpt(tmp_path_factory) -> Path:
         detector.head.weight.normal_(0, 5.0, generator=torch.Generator().manual_seed(1))
     checkpoint.save_checkpoint(path, detector, {"clip": "tiny", "normalize": True})
     return path
+
+
+# ----------------------------------------------------------------------------- OpenAI's code, HTTP
+
+@pytest.fixture(scope="session")
+def openai_clip() -> SimpleNamespace:
+    """OpenAI's own CLIP code from the openai-clip wheel, the reference the model is compared to:
+    .model, .simple_tokenizer (each file imported by path: the package's __init__ needs
+    pkg_resources, gone from setuptools) and .bpe, its vocabulary file."""
+    root = Path(sysconfig.get_paths()["purelib"]) / "clip"
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(f"openai_clip_{name}", root / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    return SimpleNamespace(model=load("model"), simple_tokenizer=load("simple_tokenizer"),
+                           bpe=root / "bpe_simple_vocab_16e6.txt.gz")
+
+
+class Server:
+    """Serves `files` on 127.0.0.1; a file named in `truncate` is cut off after half its bytes."""
+
+    def __init__(self, files: dict[str, bytes], truncate=()):
+        outer = self
+        self.requests = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                outer.requests += 1
+                data = files.get(self.path.rsplit("/", 1)[-1])
+                if data is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                name = self.path.rsplit("/", 1)[-1]
+                self.wfile.write(data[: len(data) // 2] if name in truncate else data)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def serve():
+    """serve(files, truncate=()) -> a loopback HTTP Server of `files`; every one is stopped after the test."""
+    servers = []
+    yield lambda files, truncate=(): servers.append(Server(files, truncate)) or servers[-1]
+    for server in servers:
+        server.close()

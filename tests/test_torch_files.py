@@ -1,6 +1,7 @@
-"""clip_vit.py: every file it reads is checked. An empty, truncated, corrupt or foreign file is one
-ValueError that names the file, says what is wrong and what to do (never OSError 22 or a traceback
-from deep inside torch); a missing one is FileNotFoundError."""
+"""util/torch_files.py, through every reader built on it: every file read is checked. An empty,
+truncated, corrupt or foreign file is one ValueError that names the file, says what is wrong and
+what to do (never OSError 22 or a traceback from deep inside torch); a missing one is
+FileNotFoundError."""
 import json
 import random
 import re
