@@ -1,25 +1,23 @@
-"""Preprocessed face crops -> tensors: the paper's augmentations, the training loader, and the
-scores and metrics of a split (the same code for train.py's validation and evaluate.py).
+"""Preprocessed face crops -> tensors: the paper's augmentations, the frame dataset and its loader,
+the video score (the mean p_fake of its frames) and the metrics (the same code for train.py's
+validation and evaluate.py).
 
-Reads what preprocess.py writes (layouts.py):
+Reads what preprocess.py writes (util/layouts.py lists it):
     <data>/<dataset>/<split>/index.csv          video_id,source,label,n_frames,path,file
     <data>/<dataset>/<split>/<source>/<video_id>/<frame_index>.png
 
-    videos = load_videos("data", "ff++", "train")             # FF++ c23 real + 4 manipulations
+    videos = util.layouts.load_videos("data", "ff++", "train")  # FF++ c23 real + 4 manipulations
     ds = FrameDataset(videos, train_transform(), seed=42)     # (image [3,224,224], label, video index)
     loader = make_loader(ds, 128, make_sampler(ds, shuffle=True, seed=42))
 
 Reproducibility: the order of an epoch is a function of (seed, epoch) (make_sampler), and every
 sample's augmentation is drawn from its own seed (seed, epoch, index), so the same batch gets the
-same pixels whatever the number of workers or processes (GlobalBatchSampler gives each process
-its share of the single-process batch), and a resumed run skips the first k batches of an epoch
-without loading them.
+same pixels whatever the number of workers or processes (util.loading.GlobalBatchSampler gives
+each process its share of the single-process batch), and a resumed run skips the first k batches
+of an epoch without loading them.
 """
 from __future__ import annotations
 
-import math
-import random
-import signal
 import warnings
 from functools import partial
 from pathlib import Path
@@ -29,11 +27,13 @@ import cv2
 import numpy as np
 import torch
 import torchvision.transforms.v2 as T
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, SequentialSampler, default_collate
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, SequentialSampler
 from tqdm import tqdm
 
 import clip_vit
-from util.layouts import FFPP_SOURCES, DataError, Video, load_videos  # noqa: F401 (re-exported)
+from util.layouts import DataError, Video
+from util.loading import GlobalBatchSampler, collate, seed_worker
+from util.signals import ignore_stop_signals
 
 
 def eval_transform(size: int = 224) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -104,7 +104,6 @@ class FrameDataset(Dataset):
         self.epoch = 0
         self.samples = [(v, f) for v, video in enumerate(videos) for f in video.frames]
         self.labels = torch.tensor([videos[v].label for v, _ in self.samples])  # [len]
-        self.video_index = torch.tensor([v for v, _ in self.samples])  # [len]
 
     def set_epoch(self, epoch: int) -> None:
         """Call before each epoch's DataLoader iterator is created (workers copy the dataset)."""
@@ -158,70 +157,6 @@ def make_sampler(dataset: FrameDataset, shuffle: bool = True, balanced: bool = F
     return DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=shuffle, seed=seed)
 
 
-def split_sizes(n: int, parts: int) -> list[int]:
-    """Sizes of n items cut into `parts` contiguous shares as evenly as possible, larger shares
-    first (np.array_split's sizes); a share is empty when n < parts."""
-    q, r = divmod(n, parts)
-    return [q + 1] * r + [q] * (parts - r)
-
-
-class GlobalBatchSampler(Sampler[list[int]]):
-    """This process's share of every global batch of an epoch.
-
-    The epoch's order (`sampler`, over the whole dataset) is cut into global batches of
-    `batch_size`, the last one partial, exactly as a single process cuts it; process `rank` of
-    `world` takes its contiguous share of each (split_sizes: the last batch may leave a process
-    fewer items, or none). So N processes see the single-process batches, whatever N. The first
-    `skip` global batches are left out (resuming in the middle of an epoch) without being loaded."""
-
-    def __init__(self, sampler: Sampler[int], batch_size: int, world: int = 1, rank: int = 0, skip: int = 0):
-        self.sampler, self.batch_size, self.world, self.rank, self.skip = sampler, batch_size, world, rank, skip
-
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
-
-    def shares(self, k: int) -> list[int]:
-        """Every process's share size of global batch k (counting from the start of the epoch)."""
-        return split_sizes(min(self.batch_size, len(self.sampler) - k * self.batch_size), self.world)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        order = list(self.sampler)  # the whole epoch: indices only, cheap
-        for k in range(self.skip, self.skip + len(self)):
-            batch = order[k * self.batch_size:(k + 1) * self.batch_size]
-            sizes = self.shares(k)
-            start = sum(sizes[:self.rank])
-            yield batch[start:start + sizes[self.rank]]
-
-    def __len__(self) -> int:
-        return max(math.ceil(len(self.sampler) / self.batch_size) - self.skip, 0)
-
-
-def shield_worker(worker_id: int = 0) -> None:
-    """A loader worker ignores SIGINT and SIGTERM. Ctrl-C and a cluster's SIGTERM reach every process
-    of the job; a worker killed by them would make its loader raise in the main process before that
-    can stop cleanly (train.py first writes last.pt). The main process shuts its workers down, and
-    should it die, torch's workers see their parent gone within ~5 s."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def seed_worker(worker_id: int) -> None:
-    shield_worker()
-    # torch seeds each worker (base seed + id); python and numpy get the same seed, so any
-    # transform that uses them is reproducible too
-    s = torch.initial_seed() % 2**32
-    random.seed(s)
-    np.random.seed(s)
-
-
-def collate(batch: list, image_size: int = 224):
-    """default_collate, and for an empty share of a global batch (GlobalBatchSampler) empty
-    tensors of the right shapes, so that the process still takes part in the step."""
-    if batch:
-        return default_collate(batch)
-    return torch.empty(0, 3, image_size, image_size), torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)
-
-
 def make_loader(dataset: FrameDataset, batch_size: int = 1, sampler: Sampler[int] | None = None,
                 num_workers: int = 0, seed: int = 0, pin_memory: bool = False,
                 batch_sampler: GlobalBatchSampler | None = None, image_size: int = 224) -> DataLoader:
@@ -265,7 +200,7 @@ def predict(model: torch.nn.Module, items: list, device: torch.device, batch_siz
     # the tower's own input size: 224, or 336 for ViT-L/14@336px
     size = next(m.input_resolution for m in model.modules() if isinstance(m, clip_vit.VisionTransformer))
     loader = DataLoader(Crops(items, size), batch_size=batch_size, shuffle=False, num_workers=workers,
-                        pin_memory=device.type == "cuda", worker_init_fn=shield_worker)
+                        pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals)
     out, readable = [], []
     for images, ok in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -342,17 +277,3 @@ def compute_metrics(labels, scores, threshold: float = 0.5) -> dict:
     out["ap"] = float(average_precision_score(labels, scores))
     out["eer"] = equal_error_rate(fpr, tpr)
     return out
-
-
-def score_videos(model: torch.nn.Module, videos: list[Video], device: torch.device, batch_size: int = 64,
-                 workers: int = 0, desc: str = "frames") -> tuple[np.ndarray, np.ndarray]:
-    """Every crop of `videos` scored: (frame p_fake [F], video p_fake [V] = mean over its frames)."""
-    frame_p = predict(model, [f for v in videos for f in v.frames], device, batch_size, workers, desc)
-    return frame_p, video_means(videos, frame_p)
-
-
-def video_means(videos: list[Video], frame_p: np.ndarray) -> np.ndarray:
-    """The video scores of `videos`, in their order, from the p_fake of all their frames in order
-    (video_scores keyed by each video's crop folder): [V]."""
-    per_video = video_scores([v.path for v in videos for _ in v.frames], frame_p)
-    return np.array([per_video[v.path] for v in videos])

@@ -1,13 +1,16 @@
 """Tiny synthetic videos for the preprocessing tests (a real face from scikit-image), the keypoints
 found again in a crop, placeholder files, the child processes of a command under test (from
-/proc), and a free TCP port for a one-machine process group."""
+/proc), a free TCP port for a one-machine process group, CSV rows, and `python preprocess.py` as a
+user runs it."""
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -183,3 +186,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def read_csv(path: Path) -> list[dict]:
+    """The rows of an index.csv or failures.csv."""
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+REPO = Path(__file__).resolve().parent.parent
+NOT_SLURM = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+
+
+def preprocess_cli(*args, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    """`python preprocess.py ARGS` as a user runs it (no SLURM variables unless given)."""
+    return subprocess.run([sys.executable, "preprocess.py", *map(str, args)], cwd=REPO,
+                          env={**NOT_SLURM, **(env or {})}, capture_output=True, text=True, timeout=timeout)

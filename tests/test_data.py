@@ -1,5 +1,4 @@
 """data.py on a tiny synthetic preprocessed tree (the layout preprocess.py writes)."""
-import math
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ import numpy as np
 
 import clip_vit
 import data
+from util.layouts import FFPP_SOURCES, DataError, load_videos
 
 
 @pytest.fixture(scope="module")
@@ -20,25 +20,25 @@ def tree(tmp_path_factory, make_tree) -> Path:
 
 
 def test_load_videos_default_sources_and_frames(tree):
-    videos = data.load_videos(tree, "ff++", "train")
-    assert {v.source for v in videos} == set(data.FFPP_SOURCES)  # FaceShifter not by default
+    videos = load_videos(tree, "ff++", "train")
+    assert {v.source for v in videos} == set(FFPP_SOURCES)  # FaceShifter not by default
     assert len(videos) == 10
     assert [v.label for v in videos if v.source == "youtube"] == [0, 0]
     assert all(v.label == 1 for v in videos if v.source != "youtube")
     assert [p.name for p in videos[0].frames] == ["0.png", "2.png", "9.png", "10.png", "18.png"]
-    some = data.load_videos(tree, "ff++", "val", sources=["youtube", "FaceShifter"], max_frames=3)
+    some = load_videos(tree, "ff++", "val", sources=["youtube", "FaceShifter"], max_frames=3)
     assert {v.source for v in some} == {"youtube", "FaceShifter"}
     assert [p.name for p in some[0].frames] == ["0.png", "9.png", "18.png"]  # evenly spaced
-    assert len(data.load_videos(tree, sources=None)) == 12
+    assert len(load_videos(tree, sources=None)) == 12
 
 
 def test_missing_data_names_the_preprocess_command(tmp_path, tree):
-    with pytest.raises(data.DataError, match="python preprocess.py --dataset ff\\+\\+ --root datasets/FaceForensics\\+\\+"):
-        data.load_videos(tmp_path, "ff++", "train")
-    with pytest.raises(data.DataError, match="FaceShifterX"):
-        data.load_videos(tree, sources=["FaceShifterX"])
-    with pytest.raises(data.DataError, match="--dataset ff\\+\\+ --compression c40 --root"):
-        data.load_videos(tmp_path, "ff++-c40", "test")
+    with pytest.raises(DataError, match="python preprocess.py --dataset ff\\+\\+ --root datasets/FaceForensics\\+\\+"):
+        load_videos(tmp_path, "ff++", "train")
+    with pytest.raises(DataError, match="FaceShifterX"):
+        load_videos(tree, sources=["FaceShifterX"])
+    with pytest.raises(DataError, match="--dataset ff\\+\\+ --compression c40 --root"):
+        load_videos(tmp_path, "ff++-c40", "test")
 
 
 def test_bad_index_is_one_clear_error(tmp_path):
@@ -48,13 +48,13 @@ def test_bad_index_is_one_clear_error(tmp_path):
                           ("video_id,source,label,n_frames,path,file\na,real,yes,1,real/a,\n", "label 0 or 1"),
                           ("video_id,source\na,real\n", "expected columns")):
         (split / "index.csv").write_text(text)
-        with pytest.raises(data.DataError, match=message) as e:
-            data.load_videos(tmp_path, "cdfv2", "test", sources=None)
+        with pytest.raises(DataError, match=message) as e:
+            load_videos(tmp_path, "cdfv2", "test", sources=None)
         assert "python preprocess.py --dataset cdfv2 --root datasets/Celeb-DF-v2" in str(e.value)
 
 
 def test_items_and_eval_transform(tree):
-    videos = data.load_videos(tree, "ff++", "val")
+    videos = load_videos(tree, "ff++", "val")
     ds = data.FrameDataset(videos, data.eval_transform())
     assert len(ds) == 10 * 5
     image, label, v = ds[7]
@@ -68,7 +68,7 @@ def test_items_and_eval_transform(tree):
 
 
 def test_augmentation_is_per_sample_seeded(tree):
-    videos = data.load_videos(tree, "ff++", "train")
+    videos = load_videos(tree, "ff++", "train")
     ds = data.FrameDataset(videos, data.train_transform(), seed=3)
     clean = data.FrameDataset(videos, data.eval_transform())
     state = torch.get_rng_state()
@@ -81,7 +81,7 @@ def test_augmentation_is_per_sample_seeded(tree):
 
 
 def test_loader_same_batches_with_and_without_workers(tree):
-    videos = data.load_videos(tree, "ff++", "train")
+    videos = load_videos(tree, "ff++", "train")
 
     def batches(workers):
         ds = data.FrameDataset(videos, data.train_transform(112), seed=1)
@@ -97,7 +97,7 @@ def test_loader_same_batches_with_and_without_workers(tree):
 
 
 def test_samplers(tree):
-    ds = data.FrameDataset(data.load_videos(tree), data.eval_transform())
+    ds = data.FrameDataset(load_videos(tree), data.eval_transform())
     n = len(ds)
     one = data.make_sampler(ds, seed=5)
     one.set_epoch(1)
@@ -105,44 +105,13 @@ def test_samplers(tree):
     assert sorted(order) == list(range(n))
     one.set_epoch(2)
     assert list(one) != order  # the order changes with the epoch
-    one.set_epoch(1)
-    # 2 processes: each global batch is the single-process batch, cut into contiguous shares
-    ranks = [data.GlobalBatchSampler(one, 8, world=2, rank=r) for r in range(2)]
-    a, b = (list(s) for s in ranks)
-    assert len(a) == len(b) == len(ranks[0]) == math.ceil(n / 8)
-    assert all(x + y == order[8 * k:8 * (k + 1)] for k, (x, y) in enumerate(zip(a, b)))
-    a, b = sum(a, []), sum(b, [])
-    assert sorted(a + b) == list(range(n)) and len(a) == len(b) == n // 2
-    # uneven shares (7 = 4 + 3) and a last batch of one image: the second process gets none
-    assert n % 7 == 1 and data.split_sizes(7, 2) == [4, 3] and data.split_sizes(1, 2) == [1, 0]
-    a, b = (list(data.GlobalBatchSampler(one, 7, world=2, rank=r)) for r in range(2))
-    assert [len(x) for x in a] == [4] * 7 + [1] and [len(y) for y in b] == [3] * 7 + [0]
-    assert [x + y for x, y in zip(a, b)] == [order[7 * k:7 * (k + 1)] for k in range(8)]
-    assert data.GlobalBatchSampler(one, 7, world=2).shares(7) == [1, 0]
-    # resuming: the first 2 global batches skipped without being listed again
-    skip = data.GlobalBatchSampler(one, 8, skip=2)
-    assert sum(list(skip), []) == order[16:] and len(skip) == len(list(skip)) == math.ceil(n / 8) - 2
-    skip2 = [data.GlobalBatchSampler(one, 7, world=2, rank=r, skip=3) for r in range(2)]
-    assert [x + y for x, y in zip(*skip2)] == [order[7 * k:7 * (k + 1)] for k in range(3, 8)]
     bal = data.make_sampler(ds, balanced=True, seed=0)
     bal.set_epoch(0)
     drawn = list(bal)
     assert len(drawn) == len(bal) == n
-    a, b = (list(data.GlobalBatchSampler(bal, 8, world=2, rank=r)) for r in range(2))
-    assert [x + y for x, y in zip(a, b)] == [drawn[8 * k:8 * (k + 1)] for k in range(len(a))]  # the same rule
     big = data.BalancedSampler(torch.tensor([0] * 10 + [1] * 90), seed=0)
     drawn = torch.tensor([0] * 10 + [1] * 90)[torch.tensor(list(big))]
     assert 25 <= int((drawn == 0).sum()) <= 75  # ~50 % real instead of 10 %
-
-
-def test_loader_gives_an_empty_share_the_image_shape(tree):
-    ds = data.FrameDataset(data.load_videos(tree), data.eval_transform(32))
-    order = data.make_sampler(ds, seed=0)
-    n = len(ds)  # 50: with batch 7 the last global batch is one image, none for the second process
-    batches = data.GlobalBatchSampler(order, 7, world=2, rank=1, skip=n // 7)
-    (images, labels, videos), = list(data.make_loader(ds, batch_sampler=batches, image_size=32))
-    assert images.shape == (0, 3, 32, 32) and labels.shape == videos.shape == (0,)
-    assert labels.dtype == torch.long
 
 
 def test_gaussian_blur_equals_torchvision():

@@ -1,10 +1,19 @@
-"""Tests of evaluate.py: metrics, video aggregation, benchmark outputs, scoring single files."""
+"""Tests of evaluate.py: metrics, video aggregation, benchmark outputs, scoring single files,
+Figure 1; and through its real command line: every class of bad input ends in one line naming
+the problem (exit 1; argparse's exit 2 for flags), no traceback, finished outputs untouched;
+killed runs leave no loader workers; torchrun's ranks give the single process's numbers.
+
+Each subprocess costs a torch import (~2-3 s), so independent cases start together."""
 
 import csv
+import errno
 import json
 import os
-from types import SimpleNamespace
+import subprocess
+import sys
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -12,10 +21,61 @@ import pytest
 import torch
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+import _video_utils as U
 import clip_vit
+from data import compute_metrics, video_scores
 import evaluate
-from util import checkpoint
+from util import checkpoint, files, layouts
 from util.tokenizer import Tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*argvs, env=None, timeout=300) -> list[SimpleNamespace]:
+    """`python evaluate.py ARGS` for each argument list, all at once; (returncode, stdout, stderr)."""
+    procs = [subprocess.Popen([sys.executable, "evaluate.py", *map(str, argv)], cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+             for argv in argvs]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=timeout)
+        results.append(SimpleNamespace(returncode=p.returncode, stdout=out, stderr=err))
+    return results
+
+
+def assert_one_line_error(r, *texts, status=1) -> str:
+    """Exit status, no traceback, and one error line holding every text."""
+    assert r.returncode == status, r.stderr
+    assert "Traceback" not in r.stderr
+    errors = [line for line in r.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1, r.stderr
+    for text in texts:
+        assert text in errors[0], errors[0]
+    return errors[0]
+
+
+def snapshot(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def split(make_split, tmp_path) -> Path:
+    """A small cdfv2 test split; returns the --data folder."""
+    data = tmp_path / "data"
+    make_split(data, "cdfv2", [("Celeb-real", 0, "a", [0, 1]), ("Celeb-real", 0, "b", [0]),
+                               ("Celeb-synthesis", 1, "c", [0, 2]), ("Celeb-synthesis", 1, "d", [5])])
+    return data
+
+
+@pytest.fixture
+def finished(tmp_path) -> Path:
+    """An --out folder holding a finished earlier run's outputs, which a failure must not touch."""
+    out = tmp_path / "out"
+    (out / "cdfv2").mkdir(parents=True)
+    (out / "cdfv2" / "metrics.json").write_text('{"earlier": "run"}\n')
+    (out / "cdfv2" / "videos.csv").write_text("video_id,p_fake\nx,0.5\n")
+    (out / "cdfv2-summary.md").write_text("| earlier |\n")
+    return out
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -25,7 +85,7 @@ def test_eer_hand_computed_interpolated():
     #   > .8: FPR 0, FNR 1;  .8: FPR 0, FNR .5;  .5 (one real and one fake tie): FPR .5, FNR 0.
     # The segment (0, .5) -> (.5, 0) crosses FPR = FNR halfway: EER = .25.
     # AUROC: fake > real in 3 of 4 pairs, one tie counts 1/2 -> 3.5 / 4.
-    m = evaluate.compute_metrics([0, 0, 1, 1], [0.2, 0.5, 0.5, 0.8])
+    m = compute_metrics([0, 0, 1, 1], [0.2, 0.5, 0.5, 0.8])
     assert m["eer"] == pytest.approx(0.25)
     assert m["auroc"] == pytest.approx(0.875)
     assert m["acc"] == pytest.approx(0.75)  # .5 is not > .5: the tied fake counts as real
@@ -35,11 +95,11 @@ def test_eer_hand_computed_interpolated():
 def test_eer_hand_computed_vertical_segment():
     # labels 0 0 0 1 1, scores .1 .2 .7 .6 .9: at threshold .7 FPR = 1/3, FNR = 1/2; at .6
     # FPR = 1/3, FNR = 0. FNR falls through 1/3 while FPR stays 1/3: EER = 1/3.
-    m = evaluate.compute_metrics([0, 0, 0, 1, 1], [0.1, 0.2, 0.7, 0.6, 0.9])
+    m = compute_metrics([0, 0, 0, 1, 1], [0.1, 0.2, 0.7, 0.6, 0.9])
     assert m["eer"] == pytest.approx(1 / 3)
     # perfect separation: EER 0; inverted: EER 1
-    assert evaluate.compute_metrics([0, 1], [0.1, 0.9])["eer"] == pytest.approx(0.0)
-    assert evaluate.compute_metrics([0, 1], [0.9, 0.1])["eer"] == pytest.approx(1.0)
+    assert compute_metrics([0, 1], [0.1, 0.9])["eer"] == pytest.approx(0.0)
+    assert compute_metrics([0, 1], [0.9, 0.1])["eer"] == pytest.approx(1.0)
 
 
 def test_metrics_match_sklearn():
@@ -48,7 +108,7 @@ def test_metrics_match_sklearn():
         labels = rng.integers(0, 2, n)
         labels[:2] = [0, 1]
         scores = np.clip(0.3 * labels + rng.normal(0.4, 0.3, n), 0, 1).round(2)  # ties too
-        m = evaluate.compute_metrics(labels, scores)
+        m = compute_metrics(labels, scores)
         assert m["auroc"] == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
         assert m["ap"] == pytest.approx(average_precision_score(labels, scores), abs=1e-12)
         assert m["acc"] == pytest.approx(np.mean((scores > 0.5) == labels), abs=1e-12)
@@ -61,20 +121,20 @@ def test_metrics_match_sklearn():
 
 
 def test_metrics_one_class_and_bad_input():
-    m = evaluate.compute_metrics([1, 1, 1], [0.9, 0.4, 0.7])
+    m = compute_metrics([1, 1, 1], [0.9, 0.4, 0.7])
     assert m["auroc"] is None and m["eer"] is None and m["ap"] is None
     assert "only fake" in m["undefined"]
     assert m["acc"] == pytest.approx(2 / 3)
     with pytest.raises(ValueError, match="length"):
-        evaluate.compute_metrics([0, 1], [0.5])
+        compute_metrics([0, 1], [0.5])
     with pytest.raises(ValueError, match="0 \\(real\\) or 1"):
-        evaluate.compute_metrics([0, 2], [0.5, 0.5])
+        compute_metrics([0, 2], [0.5, 0.5])
 
 
 def test_video_aggregation_is_mean_of_frames():
     keys = ["a", "b", "a", "c", "a", "b"]
     scores = [0.1, 0.5, 0.3, 0.9, 0.2, 0.7]
-    agg = evaluate.video_scores(keys, scores)
+    agg = video_scores(keys, scores)
     assert list(agg) == ["a", "b", "c"]
     assert agg["a"] == pytest.approx(0.2) and agg["b"] == pytest.approx(0.6)
     assert agg["c"] == pytest.approx(0.9)
@@ -82,12 +142,12 @@ def test_video_aggregation_is_mean_of_frames():
 
 # ----------------------------------------------------------------------------- benchmarks
 
-def direct_p_fake(ckpt: Path, files: list) -> np.ndarray:
+def direct_p_fake(ckpt: Path, crops: list) -> np.ndarray:
     """p_fake of crop files computed without evaluate.py's loader."""
     det = clip_vit.load_detector(str(ckpt)).eval()
     tf = clip_vit.image_transform(224)
     x = torch.stack([tf(torch.from_numpy(cv2.imread(str(f))[:, :, ::-1].copy()).permute(2, 0, 1))
-                     for f in files])
+                     for f in crops])
     with torch.no_grad():
         return torch.softmax(det(x), -1)[:, 1].double().numpy()
 
@@ -119,7 +179,7 @@ def test_benchmark_one_dataset_outputs_consistent(make_split, tmp_path, tiny_ckp
 
     res = json.load(open(out / "cdfv2" / "metrics.json"))
     labels = [int(r["label"]) for r in rows]
-    expect = evaluate.compute_metrics(labels, scores)
+    expect = compute_metrics(labels, scores)
     for key in ("auroc", "ap", "eer", "acc"):
         assert res["video"][key] == pytest.approx(expect[key], abs=1e-5)
     assert (res["video"]["n"], res["video"]["n_real"], res["video"]["n_fake"]) == (5, 2, 3)
@@ -195,44 +255,37 @@ def test_missing_or_empty_data_dir_says_layout_and_command(tmp_path, tiny_ckpt):
 
 # ----------------------------------------------------------------------------- single files
 
-def write_video(path: Path, frames: list):
-    h, w = frames[0].shape[:2]
-    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), 10, (w, h))
-    for f in frames:
-        vw.write(cv2.cvtColor(f, cv2.COLOR_RGB2BGR))
-    vw.release()
-
-
 def test_video_with_face_scored_and_without_face_says_so(tmp_path, tiny_ckpt, capsys):
-    from skimage import data as skdata
-    face = cv2.resize(skdata.astronaut(), (768, 768), interpolation=cv2.INTER_CUBIC)
-    shifted = [np.roll(face, (4 * k, -3 * k), axis=(0, 1)) for k in range(4)]
-    write_video(tmp_path / "astronaut.mp4", shifted)
-    rng = np.random.default_rng(0)
-    write_video(tmp_path / "noface.mp4",
-                [np.full((240, 320, 3), 90, np.uint8) + rng.integers(0, 20, (240, 320, 3), dtype=np.uint8)
-                 for _ in range(4)])
+    # two people in every frame: the larger on the left (person 1), a smaller one on the right
+    frames = []
+    for k in range(4):
+        f = U.place_face((640, 360), (180 + 5 * k, 160), 1.8)
+        frames.append(U.place_face((640, 360), (500 - 5 * k, 150), 1.05, frame=f))
+    two = U.write_video(tmp_path / "two.mp4", frames)
+    noface = U.blank_video(tmp_path / "noface.mp4")
     crops = tmp_path / "crops"
-    rows = evaluate.main(["--video", str(tmp_path / "astronaut.mp4"), "--video", str(tmp_path / "noface.mp4"),
-                          "--checkpoint", str(tiny_ckpt), "--save-crops", str(crops),
-                          "--out", str(tmp_path / "out"), "--device", "cpu"])
+    rows = evaluate.main(["--video", str(two), "--video", str(noface), "--checkpoint", str(tiny_ckpt),
+                          "--save-crops", str(crops), "--out", str(tmp_path / "out"), "--device", "cpu"])
     printed = capsys.readouterr().out
-    astro = next(l for l in printed.splitlines() if l.startswith(str(tmp_path / "astronaut.mp4")))
-    assert "p_fake" in astro and "4/4 frames with a face" in astro
+    line = next(l for l in printed.splitlines() if l.startswith(str(two)))
+    assert "p_fake" in line and "4/4 frames with a face; 2 people, score of person 1, the largest" in line
     p = rows[0]["p_fake"]
-    assert 0.0 <= p <= 1.0 and f"{p:.4f}" in astro
-    saved_crops = sorted((crops / "astronaut" / "person1").glob("*.png"))
-    assert len(saved_crops) == 4  # and they are what was scored
-    assert p == pytest.approx(direct_p_fake(tiny_ckpt, saved_crops).mean(), abs=1e-5)
-    noface = next(l for l in printed.splitlines() if l.startswith(str(tmp_path / "noface.mp4")))
-    assert "no face found" in noface and "p_fake" not in noface
+    assert 0.0 <= p <= 1.0 and f"{p:.4f}" in line
+    persons = [sorted((crops / "two" / f"person{k}").glob("*.png")) for k in (1, 2)]
+    assert [len(c) for c in persons] == [4, 4]  # and they are what was scored
+    p_persons = [direct_p_fake(tiny_ckpt, c).mean() for c in persons]
+    assert abs(p_persons[0] - p_persons[1]) > 1e-3  # so the file's score tells them apart
+    assert p == pytest.approx(p_persons[0], abs=1e-5)
+    line = next(l for l in printed.splitlines() if l.startswith(str(noface)))
+    assert "no face found" in line and "p_fake" not in line
     assert rows[-1]["p_fake"] is None
     saved = list(csv.DictReader(open(tmp_path / "out" / "predictions.csv")))
-    assert (saved[0]["frames_with_face"], saved[-1]["frames_with_face"]) == ("4", "0")
+    assert [(r["person"], r["frames_with_face"]) for r in saved] == [("", "4"), ("1", "4"), ("2", "4"), ("", "0")]
     assert saved[-1]["p_fake"] == "" and saved[-1]["note"] == "no face found"
-    # the file's score is its main (largest, here the only real) face's
-    person1 = [r for r in saved if r["person"] == "1"]
-    assert not person1 or float(person1[0]["p_fake"]) == pytest.approx(p)
+    # the file's score is its main (largest) person's, and each person's own row says theirs
+    assert float(saved[0]["p_fake"]) == pytest.approx(p, abs=1e-6)
+    assert float(saved[1]["p_fake"]) == pytest.approx(p, abs=1e-6)
+    assert float(saved[2]["p_fake"]) == pytest.approx(p_persons[1], abs=1e-5)
 
 
 def test_zero_shot_baseline_same_outputs(make_split, tmp_path, capsys):
@@ -365,3 +418,253 @@ def test_file_verdict_names_a_person_judged_differently(capsys):
                         "    person 2: p_fake 0.9000 -> FAKE (1 frame)"]
     assert [(r["person"], r["frames_with_face"], r["p_fake"]) for r in rows] == \
         [(None, 3, 0.2), (1, 3, 0.2), (2, 1, 0.9)]
+
+
+# ----------------------------------------------------------------------------- flags
+
+def test_bad_flags_refused_at_parse_time(tmp_path):
+    cases = {"--batch-size": (["--batch-size", "0"], "must be at least 1, got 0"),
+             "--workers": (["--workers", "-1"], "must be at least 0, got -1"),
+             "--device": (["--device", "gpu"], "'gpu' is not a device: use auto, cpu, cuda or cuda:N")}
+    results = run_cli(*[argv + ["--data", tmp_path] for argv, _ in cases.values()])
+    for (flag, (_, message)), r in zip(cases.items(), results):
+        line = assert_one_line_error(r, f"argument {flag}: {message}", status=2)
+        assert line.startswith("evaluate.py: error: "), line
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_more_bad_flags(capsys):
+    """The same argparse path as above, in-process (a subprocess costs a torch import)."""
+    cases = [(["--video", "v.mp4", "--frames", "-3"], "argument --frames: must be at least 1, got -3"),
+             (["--zero-shot", "--prompts", "", "fake"], "argument --prompts: a prompt is empty")]
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda:5"], "argument --device: cuda:5: no CUDA GPU on this machine"))
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as e:
+            evaluate.parse_args(argv)
+        assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_device_index_beyond_the_gpus_refused(monkeypatch, capsys):
+    # cuda:5 on a machine with 2 GPUs, and torchrun's rank on GPU LOCAL_RANK
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(SystemExit) as e:
+        evaluate.parse_args(["--device", "cuda:5"])
+    assert e.value.code == 2
+    assert "argument --device: cuda:5: this machine has 2 GPU(s), cuda:0 to cuda:1" in capsys.readouterr().err
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert evaluate.parse_args(["--device", "cuda"]).device == "cuda:1"
+
+
+def test_single_file_modes_refused_under_torchrun(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for argv in (["--video", "v.mp4"], ["--curves", str(tmp_path)]):
+        with pytest.raises(SystemExit) as e:
+            evaluate.main(argv + ["--device", "cpu"])
+        assert e.value.code == 2
+        assert "run in one process: start them with python, not torchrun" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- bad files
+
+def test_bad_checkpoints_one_line_naming_the_file(split, finished, tmp_path, tiny_ckpt):
+    good = tiny_ckpt.read_bytes()
+    bad = {"best.pt": good[: len(good) // 2],   # a copy cut short
+           "empty.pt": b"",
+           "model.ckpt": np.random.default_rng(0).bytes(4096)}  # not the authors' file at all
+    for name, content in bad.items():
+        (tmp_path / name).write_bytes(content)
+    before = snapshot(finished)
+    results = run_cli(*[["--dataset", "cdfv2", "--checkpoint", tmp_path / name, "--data", split,
+                         "--out", finished, "--workers", 0] for name in bad])
+    for name, r in zip(bad, results):
+        line = assert_one_line_error(r, f"cannot load checkpoint {tmp_path / name}")
+        assert "Errno" not in line
+    assert snapshot(finished) == before
+
+
+def test_checkpoint_einval_said_as_truncated(split, tmp_path, tiny_ckpt, monkeypatch):
+    # torch's zip reader has said only "[Errno 22] Invalid argument" for some cut-off files
+    def einval(*args, **kwargs):
+        raise OSError(errno.EINVAL, "Invalid argument")
+    monkeypatch.setattr(clip_vit, "load_detector", einval)
+    with pytest.raises(SystemExit) as e:
+        evaluate.main(["--dataset", "cdfv2", "--checkpoint", str(tiny_ckpt), "--data", str(split)])
+    assert str(e.value) == (f"error: cannot load checkpoint {tiny_ckpt}: the file is truncated or "
+                            "corrupt (copy it again, or use the run's last.pt)")
+
+
+def test_bad_data_and_file_arguments(split, finished, tmp_path, tiny_ckpt):
+    broken = tmp_path / "broken"  # index.csv with a bad label on its 3rd line
+    (broken / "cdfv2" / "test").mkdir(parents=True)
+    (broken / "cdfv2" / "test" / "index.csv").write_text(
+        ",".join(layouts.INDEX_FIELDS) + "\na,Celeb-real,0,1,Celeb-real/a,a.mp4\nb,Celeb-real,real,1,x,b.mp4\n")
+    (split / "cdfv2" / "test" / "Celeb-synthesis" / "c" / "2.png").write_bytes(b"\x89PNG cut short")
+    (tmp_path / "bpe.txt.gz").write_text("not gzip")
+    before = snapshot(finished)
+    common = ["--out", finished, "--workers", 0]
+    index, crop, video, bpe = run_cli(
+        ["--dataset", "cdfv2", "--data", broken, "--checkpoint", tiny_ckpt, *common],
+        ["--dataset", "cdfv2", "--data", split, "--checkpoint", tiny_ckpt, *common],
+        ["--video", tmp_path / "nope.mp4", "--checkpoint", tiny_ckpt, *common],
+        ["--dataset", "cdfv2", "--data", split, "--zero-shot", "--clip", "tiny", "--bpe", tmp_path / "bpe.txt.gz",
+         *common])
+    assert_one_line_error(index, f"{broken / 'cdfv2' / 'test' / 'index.csv'} line 3",
+                          "label 0 or 1", "python preprocess.py --dataset cdfv2")
+    assert_one_line_error(crop, "cannot be read", "Celeb-synthesis/c/2.png", "re-run preprocess.py")
+    assert_one_line_error(video, f"{tmp_path / 'nope.mp4'}: file not found")
+    assert_one_line_error(bpe, f"cannot read --bpe {tmp_path / 'bpe.txt.gz'} (expected CLIP's bpe_simple_vocab",
+                          "Not a gzipped file")
+    assert snapshot(finished) == before
+
+
+# ----------------------------------------------------------------------------- full disk
+
+def test_full_disk_while_writing_outputs(split, finished, tiny_ckpt, monkeypatch):
+    """Every output goes through atomic_write: ENOSPC on any of them is one line, and the
+    earlier run's file of that name stays whole."""
+    real = files.atomic_write
+    for name in ("videos.csv", "roc.png", "metrics.json", "cdfv2-summary.md", "cdfv2-summary.json"):
+        target = next(iter(finished.rglob(name)), None)
+        before = target.read_bytes() if target else None
+
+        def full(path, content, name=name):
+            if Path(path).name == name:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+            real(path, content)
+        monkeypatch.setattr(files, "atomic_write", full)
+        with pytest.raises(SystemExit) as e:
+            evaluate.main(["--dataset", "cdfv2", "--checkpoint", str(tiny_ckpt), "--data", str(split),
+                           "--out", str(finished), "--workers", "0"])
+        message = str(e.value)
+        assert message.startswith("error: cannot write ") and name in message and "\n" not in message
+        assert "No space left on device; free some disk space and re-run" in message
+        if target:
+            assert target.read_bytes() == before
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_full_disk_predictions_csv_row_by_row(tmp_path, tiny_ckpt):
+    image = tmp_path / "face.png"
+    image.write_bytes(files.png_bytes(np.zeros((32, 32, 3), np.uint8)))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "predictions.csv").symlink_to("/dev/full")  # every write: ENOSPC
+    r, = run_cli(["--image", image, "--checkpoint", tiny_ckpt, "--out", out, "--device", "cpu"])
+    assert_one_line_error(r, f"cannot write {out / 'predictions.csv'}: No space left on device")
+
+
+# ----------------------------------------------------------------------------- killed run
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="needs /proc")
+def test_killed_evaluate_leaves_no_loader_workers(make_split, tmp_path, tiny_ckpt):
+    data = tmp_path / "data"  # enough crops that the run is still scoring when killed
+    make_split(data, "cdfv2", [("Celeb-real", 0, f"r{k}", range(100)) for k in range(4)]
+               + [("Celeb-synthesis", 1, f"f{k}", range(100)) for k in range(4)])
+    p = subprocess.Popen([sys.executable, "evaluate.py", "--dataset", "cdfv2", "--checkpoint", str(tiny_ckpt),
+                          "--data", str(data), "--out", str(tmp_path / "out"), "--workers", "2",
+                          "--batch-size", "2", "--device", "cpu"],
+                         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline, workers = time.time() + 120, []
+        while len(workers) < 2 and p.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+            workers = U.live_children(p.pid)
+        assert len(workers) == 2, "the DataLoader workers never started"
+        U.kill_and_wait(p, workers)
+        assert not [w for w in workers if U.alive(w)], "loader workers outlived the killed evaluate.py"
+    finally:
+        U.kill_all(p, workers)
+
+
+# ----------------------------------------------------------------------------- --curves
+
+def write_log(run: Path, aurocs: list, steps_per_epoch: int = 100, extra: str = "") -> None:
+    """A train.py-like log.jsonl: step logs, then per epoch an epoch-end record."""
+    run.mkdir(parents=True)
+    lines, best = [], None
+    for epoch, value in enumerate(aurocs):
+        step = (epoch + 1) * steps_per_epoch
+        lines.append(json.dumps({"step": step - 50, "loss": 0.3, "lr": 1e-4}))
+        if value is not None and (best is None or value > best):
+            best = value
+        lines.append(json.dumps({"step": step, "epoch": epoch, "epoch_done": True,
+                                 "val_video_auroc": value, "best_val_video_auroc": best}))
+    (run / "log.jsonl").write_text("\n".join(lines) + "\n" + extra)
+
+
+def test_curves_figure_and_best_per_run(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    runs = tmp_path / "runs"
+    write_log(runs / "ln", [0.80, 0.86, 0.84])
+    write_log(runs / "full", [None, 0.90, 0.95, 0.95], steps_per_epoch=50)  # a tie keeps the first
+    # a resumed run logs step 100 again: the later record counts
+    with open(runs / "ln" / "log.jsonl", "a") as fh:
+        fh.write(json.dumps({"step": 100, "epoch": 0, "epoch_done": True, "val_video_auroc": 0.82}) + "\n")
+    curves = evaluate.main(["--curves", str(runs / "ln"), str(runs / "full"), "--out", str(tmp_path / "fig")])
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0] == (f"{runs / 'ln'}: best val video AUROC 86.00% at step 200 (epoch 1); "
+                          "3 validation record(s), last 84.00%")
+    assert printed[1] == (f"{runs / 'full'}: best val video AUROC 95.00% at step 150 (epoch 2); "
+                          "3 validation record(s), last 95.00%; 1 epoch(s) undefined (one class)")
+    assert printed[2] == f"written to {tmp_path / 'fig' / 'curves.png'}"
+    assert curves[0].auroc == [0.82, 0.86, 0.84] and curves[1].steps == [100, 150, 200]
+    img = cv2.imread(str(tmp_path / "fig" / "curves.png"))  # what it holds: tests/test_plots.py
+    assert img is not None and img.shape[0] > 300
+    evaluate.main(["--curves", str(runs / "ln"), "--x", "epoch"])  # default: the current folder
+    assert "written to curves.png" in capsys.readouterr().out
+    assert (tmp_path / "curves.png").is_file()
+
+
+def test_curves_bad_logs_one_line_each(tmp_path):
+    runs = tmp_path / "runs"
+    (runs / "empty").mkdir(parents=True)
+    write_log(runs / "noval", [])
+    with open(runs / "noval" / "log.jsonl", "a") as fh:  # trained with --no-val
+        fh.write(json.dumps({"step": 100, "epoch": 0, "epoch_done": True}) + "\n")
+    write_log(runs / "bad", [0.8], extra='{"step": 150, "loss": 0.2\n')  # cut-off line 3
+    write_log(runs / "good", [0.8, 0.9])
+    (tmp_path / "curves.png").write_bytes(b"earlier figure")
+    cases = {"empty": f"--curves {runs / 'empty'}: no log.jsonl in it",
+             "noval": f"{runs / 'noval' / 'log.jsonl'}: no validation records",
+             "bad": f"{runs / 'bad' / 'log.jsonl'} line 3: not a JSON object"}
+    results = run_cli(*[["--curves", runs / "good", runs / name, "--out", tmp_path] for name in cases])
+    for message, r in zip(cases.values(), results):
+        assert_one_line_error(r, message)
+    assert (tmp_path / "curves.png").read_bytes() == b"earlier figure"
+
+
+# ----------------------------------------------------------------------------- torchrun
+
+def test_torchrun_two_cpu_ranks_same_outputs_as_one_process(make_split, tmp_path, tiny_ckpt):
+    data = tmp_path / "data"  # frame counts that do not split evenly over 2 ranks
+    make_split(data, "cdfv2", [("Celeb-real", 0, "a", [0, 1, 2]), ("Celeb-real", 0, "b", [0]),
+                               ("Celeb-real", 0, "e", [3, 4]), ("Celeb-synthesis", 1, "c", [0, 2]),
+                               ("Celeb-synthesis", 1, "d", [5, 6, 7, 8])])
+    common = ["--dataset", "cdfv2", "--checkpoint", str(tiny_ckpt), "--data", str(data),
+              "--workers", "0", "--device", "cpu", "--batch-size", "3"]
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                        f"--master_port={U.free_port()}", "evaluate.py", *common, "--out", str(tmp_path / "multi")],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("| CDFv2 | video |") == 1  # rank 0 prints, rank 1 does not
+    evaluate.main([*common, "--out", str(tmp_path / "single")])
+
+    def outputs(folder: Path):
+        rows = list(csv.DictReader(open(folder / "cdfv2" / "videos.csv")))
+        return rows, json.load(open(folder / "cdfv2" / "metrics.json"))
+    (one, m1), (two, m2) = outputs(tmp_path / "single"), outputs(tmp_path / "multi")
+    assert [r["video_id"] for r in one] == [r["video_id"] for r in two] == ["a", "b", "e", "c", "d"]
+    # videos.csv writes p_fake to 6 decimals: two runs 1e-7 apart can round to neighbouring last
+    # digits, so the 1e-6 claim on the scores is 1e-6 plus the half unit the rounding may add to each
+    for a, b in zip(one, two):
+        assert float(a["p_fake"]) == pytest.approx(float(b["p_fake"]), abs=1e-6 + 2 * 0.5e-6)
+    for level in ("video", "frame"):
+        assert m1[level]["auroc"] == m2[level]["auroc"] and m1[level]["n"] == m2[level]["n"]
+        for key in ("ap", "eer", "acc"):
+            assert m1[level][key] == pytest.approx(m2[level][key], abs=1e-6)
+    assert sorted(p.name for p in (tmp_path / "multi").iterdir()) == \
+        ["cdfv2", "cdfv2-summary.json", "cdfv2-summary.md"]
+    assert (tmp_path / "multi" / "cdfv2" / "roc.png").is_file()

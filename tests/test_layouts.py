@@ -262,3 +262,38 @@ def test_atomic_write_concurrent_names(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert target.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["index.csv"]
     assert len(set(names)) == 2 and all(n.startswith(".index.csv.") for n in names)
+
+
+# ----------------------------------------------------------------------------- what evaluate.py reads
+
+def test_list_inputs_names_unique_crops_folders(tmp_path, capsys):
+    folder = tmp_path / "in"
+    for name in ("a.png", "a.jpg", "sub/a.mp4", "notes.txt"):
+        U.touch(folder / name)
+    single = U.touch(tmp_path / "one" / "a.mp4")
+    inputs = L.list_inputs([str(single)], str(folder))
+    assert [(p.relative_to(tmp_path).as_posix(), name) for p, name in inputs] == \
+        [("one/a.mp4", "a"), ("in/a.jpg", "a~2"), ("in/a.png", "a~3"), ("in/sub/a.mp4", "sub/a")]
+    assert f"--input {folder}: 3 video/image file(s), 1 other file(s) skipped" in capsys.readouterr().out
+    U.touch(tmp_path / "text" / "notes.txt")
+    cases = [(([str(folder)], None), IsADirectoryError, "is a folder, not a file: use --input"),
+             (([str(tmp_path / "nope.mp4")], None), FileNotFoundError, "nope.mp4: file not found"),
+             (([], str(single)), NotADirectoryError, "not a folder"),
+             (([], str(tmp_path / "text")), FileNotFoundError, "no video or image file")]
+    for args, error, message in cases:
+        with pytest.raises(error, match=message):
+            L.list_inputs(*args)
+
+
+def test_load_splits_lists_missing_and_broken_datasets(tmp_path, make_split):
+    make_split(tmp_path, "cdfv2", [("Celeb-real", 0, "a", [0]), ("Celeb-synthesis", 1, "b", [0, 1])])
+    make_split(tmp_path, "dfd", [("actors", 0, "a", [0])])
+    (tmp_path / "dfd" / "test" / "index.csv").write_text("video_id\na\n")
+    videos, found, missing, failed = L.load_splits(tmp_path, ["cdfv2", "dfd", "ffiw"], "test")
+    assert list(videos) == ["cdfv2"] and [len(v.frames) for v in videos["cdfv2"]] == [1, 2]
+    assert found == {"cdfv2": tmp_path / "cdfv2" / "test", "dfd": tmp_path / "dfd" / "test", "ffiw": None}
+    assert missing == ["ffiw"] and "not an index written by preprocess.py" in failed["dfd"]
+    with pytest.raises(L.DataError, match="not an index written by preprocess.py"):
+        L.load_splits(tmp_path, ["dfd"], "test")  # none usable: why
+    with pytest.raises(L.DataError, match="none of ffiw, dsv1 is preprocessed in"):
+        L.load_splits(tmp_path, ["ffiw", "dsv1"], "test")

@@ -104,8 +104,27 @@ def test_slerp_augment_stays_within_class():
     assert not torch.allclose(out[:11], f[:11])  # it did move something
 
 
-def test_slerp_augment_seeded_and_device_independent_draws():
+def test_slerp_augment_draws_its_numbers_from_the_generator_in_the_documented_order():
+    # one permutation per class in ascending label order, then t for all samples, all from the given
+    # CPU generator (never torch's global one), so the draws cannot depend on the device
     f, y = unit(10).float(), torch.tensor([0, 1] * 5)
+    torch.manual_seed(0)
     a = slerp_augment(f, y, torch.Generator().manual_seed(5))
+    torch.manual_seed(1)
     b = slerp_augment(f, y, torch.Generator().manual_seed(5))
     assert torch.equal(a, b)
+    g = torch.Generator().manual_seed(5)
+    partner = torch.arange(10)
+    for c in (0, 1):
+        idx = torch.nonzero(y == c).flatten()
+        partner[idx] = idx[torch.randperm(len(idx), generator=g)]
+    t = torch.rand(10, generator=g).double()
+    f64 = f.double()
+    for i in range(10):  # the slerp formula written out, in float64
+        p = int(partner[i])
+        if p == i:
+            assert torch.allclose(a[i].double(), f64[i], atol=1e-5)
+            continue
+        theta = torch.acos((f64[i] * f64[p]).sum())
+        want = (torch.sin((1 - t[i]) * theta) * f64[i] + torch.sin(t[i] * theta) * f64[p]) / torch.sin(theta)
+        assert torch.allclose(a[i].double(), want, atol=1e-5), i

@@ -54,6 +54,8 @@ import torch
 import clip_vit as cv
 import data
 import train
+from util.cli import at_least, device_flag
+from util.layouts import Video
 
 VIT_L14_FLOPS = 162.2e9  # one 224x224 image through the ViT-L/14 image tower (2 FLOPs per multiply-add)
 PARTS = ("forward", "train_step", "preprocess", "data")
@@ -219,7 +221,7 @@ def bench_train_step(model: str, device: torch.device, batch: int, repeat: int, 
 
 # ----------------------------------------------------------------------------- data loading
 
-def crop_tree(root: Path, n_images: int) -> list[data.Video]:
+def crop_tree(root: Path, n_images: int) -> list[Video]:
     """A real and a fake video of 8 PNG crops each (256x256, as preprocess.py writes them), their
     frame lists repeated to `n_images` items: a long epoch from a few files."""
     rng = np.random.default_rng(0)
@@ -233,7 +235,7 @@ def crop_tree(root: Path, n_images: int) -> list[data.Video]:
             cv2.imwrite(str(folder / f"{i}.png"), crop)
             frames.append(folder / f"{i}.png")
         repeats = math.ceil(n_images / (2 * len(frames)))
-        videos.append(data.Video("train", source, "000", label, "", frames=frames * repeats))
+        videos.append(Video("train", source, "000", label, "", frames=frames * repeats))
     return videos
 
 
@@ -511,7 +513,7 @@ def table(results: dict) -> str:
 def device_arg(text: str) -> torch.device:
     """train.py's --device check (valid and present), as a torch.device with an explicit index (the
     memory counters and the card's name need one)."""
-    name = train.device_flag(text)
+    name = device_flag(text)
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
@@ -525,9 +527,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", type=device_arg, default="auto",
                         help="auto (cuda when there is a GPU), cpu, cuda or cuda:N")
-    parser.add_argument("--batch-size", type=train.at_least(int, 1), default=None,
+    parser.add_argument("--batch-size", type=at_least(int, 1), default=None,
                         help=f"default {train.TrainConfig().batch_size} (the paper's) on CUDA, 8 on CPU")
-    parser.add_argument("--repeat", type=train.at_least(int, 1), default=None,
+    parser.add_argument("--repeat", type=at_least(int, 1), default=None,
                         help="timed repetitions (default 2 on CPU, 10 on CUDA; whole preprocess.py runs: "
                              "4, around the reference's, the median quoted)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
@@ -535,11 +537,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="tiny: only to test this script")
     parser.add_argument("--video", type=Path, default=None, help="720p video for the keypoint comparison "
                         "(default: a synthetic one from scikit-image's astronaut photo)")
-    parser.add_argument("--frames", type=train.at_least(int, 1), default=32,
+    parser.add_argument("--frames", type=at_least(int, 1), default=32,
                         help="frames per video in the preprocessing part")
-    parser.add_argument("--preprocess-videos", type=train.at_least(int, 1), default=3,
+    parser.add_argument("--preprocess-videos", type=at_least(int, 1), default=3,
                         help="videos per whole preprocess.py run (small and typical faces)")
-    parser.add_argument("--data-images", type=train.at_least(int, 1), default=None,
+    parser.add_argument("--data-images", type=at_least(int, 1), default=None,
                         help="images through the loader (default: 256, or 3 batches per worker if more)")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
     args = parser.parse_args(argv)

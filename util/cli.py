@@ -1,7 +1,9 @@
-"""Command-line pieces the scripts share: number and device flags, checked before any work."""
+"""Command-line pieces the scripts share: number and device flags, and a parser generated from a
+config dataclass, every value checked before any work."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict, fields
 from typing import Callable
 
 import torch
@@ -46,3 +48,57 @@ def resolve_device(flag: str, local_rank: int | None = None) -> torch.device:
         index = local_rank if local_rank is not None else (device.index or 0)
         return torch.device("cuda", index)
     return device
+
+
+def config_checks(config: type, types: dict[str, Callable[[str], object]] | None = None) -> dict[str, Callable]:
+    """The checked flags of the dataclass `config`: `types[name]`, else at_least(min) for a field with
+    metadata `min` (of its default's type)."""
+    checks, defaults = dict(types or {}), config()
+    for f in fields(config):
+        if "min" in f.metadata and f.name not in checks:
+            checks[f.name] = at_least(type(getattr(defaults, f.name)), f.metadata["min"])
+    return checks
+
+
+def config_parser(config: type, description: str | None = None,
+                  types: dict[str, Callable[[str], object]] | None = None) -> argparse.ArgumentParser:
+    """A flag per field of the dataclass `config`: --field-name VALUE (checked: config_checks, else
+    the default's type), --x/--no-x for a boolean, nargs='+' for a list; metadata `help` and
+    `choices`. The defaults are suppressed: parse_args returns only the flags on the command line."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    defaults, checks = config(), config_checks(config, types)
+    for f in fields(config):
+        default = getattr(defaults, f.name)
+        kwargs = dict(default=argparse.SUPPRESS, help=f"{f.metadata.get('help', '')} (default: {default})")
+        if isinstance(default, bool):
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif isinstance(default, list):
+            kwargs.update(nargs="+", type=str)
+        else:
+            kwargs["type"] = checks.get(f.name, type(default))
+        if "choices" in f.metadata:
+            kwargs["choices"] = f.metadata["choices"]
+        parser.add_argument("--" + f.name.replace("_", "-"), **kwargs)
+    return parser
+
+
+def parse_config(parser: argparse.ArgumentParser, config: type, argv: list[str] | None = None,
+                 types: dict[str, Callable[[str], object]] | None = None,
+                 base: Callable[[dict], tuple[dict, str] | None] | None = None):
+    """The dataclass `config` from the command line: its defaults, updated by `base(flags given)`
+    when that gives (saved values, where they come from), then by the flags given. A saved value
+    passes its flag's check unless the flag overrides it; a bad one is a usage error (exit 2) that
+    names the flag to pass."""
+    given = vars(parser.parse_args(argv))  # only the flags on the command line
+    values = asdict(config())
+    saved = base(given) if base else None
+    if saved is not None:
+        saved_values, where = saved
+        values.update({k: v for k, v in saved_values.items() if k in values})
+        for name, check in config_checks(config, types).items():
+            try:
+                check(given.get(name, values[name]))
+            except (argparse.ArgumentTypeError, ValueError, TypeError) as e:
+                parser.error(f"{where} has {name} = {values[name]!r}: {e}; "
+                             f"pass --{name.replace('_', '-')} to override it")
+    return config(**{**values, **given})

@@ -44,9 +44,6 @@ def csv_text(fields: list[str], rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-
-
-
 @contextlib.contextmanager
 def writing(path: str | os.PathLike, advice: str | None = None) -> Iterator[None]:
     """A failed write inside (full disk, no permission) as one OSError: `cannot write FILE: why;
@@ -80,3 +77,40 @@ def png_bytes(bgr: np.ndarray) -> bytes:
     if not ok:
         raise ValueError("OpenCV cannot encode the image as PNG")
     return buf.tobytes()
+
+
+class CSVRows:
+    """A CSV file written row by row, each row flushed, so a long run that stops keeps what it
+    wrote; a failed write (full disk) is one OSError naming the file."""
+
+    def __init__(self, path: Path, fields: list[str]):
+        self.path = path
+        self.rows = 0  # on disk
+        with writing(path):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.file = open(path, "w", newline="")
+            self.writer = csv.DictWriter(self.file, fieldnames=fields)
+            self.writer.writeheader()
+            self.file.flush()
+
+    def write_rows(self, rows: list[dict]) -> None:
+        """The rows, on disk when this returns."""
+        with writing(self.path):
+            self.writer.writerows(rows)
+            self.file.flush()
+        self.rows += len(rows)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # every row was flushed (or its error raised) already
+            self.file.close()
+
+
+def write_person_crops(folder: Path, persons: list[dict[int, bytes]]) -> None:
+    """<folder>/person<k>/<frame>.png from each person's {frame: PNG bytes}, replacing the crops a
+    past run left there; nothing else in the folder is touched (it is the user's)."""
+    for old in folder.glob("person*/*.png"):
+        if old.stem.isdigit():
+            old.unlink()
+    for k, crops in enumerate(persons, 1):
+        for frame, png in crops.items():
+            write_output(folder / f"person{k}" / f"{frame}.png", png)

@@ -555,3 +555,90 @@ def load_videos(data: str | Path = "data", dataset: str = "ff++", split: str = "
         v.frames = frames
         videos.append(v)
     return videos
+
+
+# ----------------------------------------------------------------------------- what evaluate.py reads
+
+def layout_help(data: Path, dataset: str, split: str) -> str:
+    """Where evaluate.py looks and the preprocess.py command that writes it."""
+    return (f"expected {data}/{dataset}/{split}/index.csv (columns "
+            f"{','.join(INDEX_FIELDS)}) and crops "
+            f"{data}/{dataset}/{split}/<source>/<video_id>/<frame>.png; create them with: "
+            f"{command_for(dataset, data)}")
+
+
+def find_split(data: Path, dataset: str, split: str) -> Path | None:
+    """The split folder when it has a non-empty index.csv, else None."""
+    index = data / dataset / split / "index.csv"
+    if not index.is_file() or index.stat().st_size == 0:
+        return None
+    return index.parent
+
+
+def no_data_error(data: Path, names: list[str], split: str) -> str:
+    """Nothing to evaluate: the layout evaluate.py expects and the command that writes it."""
+    if not data.is_dir():
+        return f"data directory {data}/ does not exist; " + layout_help(data, names[0], split)
+    if len(names) == 1:
+        return f"no {names[0]} preprocessed in {data}/; " + layout_help(data, names[0], split)
+    example = command_for(names[0], data)
+    return (f"none of {', '.join(names)} is preprocessed in {data}/; expected "
+            f"{data}/<dataset>/{split}/index.csv and crops under it; create them with "
+            f"`python preprocess.py --out {data}` (every dataset found under datasets/) or one "
+            f"at a time, e.g. {example}")
+
+
+def load_splits(data: Path, names: list[str], split: str
+                ) -> tuple[dict[str, list[Video]], dict[str, Path | None], list[str], dict[str, str]]:
+    """The split of each dataset in `names`, all of its crops: ({dataset: videos}, {dataset: split
+    folder}, missing (not preprocessed), {dataset: why it cannot be used}). A broken dataset is
+    listed, not allowed to stop the others; DataError when none can be used."""
+    found = {d: find_split(data, d, split) for d in names}
+    missing = [d for d in names if found[d] is None]
+    if len(missing) == len(names):
+        raise DataError(no_data_error(data, names, split))
+    videos, failed = {}, {}
+    for d in names:
+        if found[d] is not None:
+            try:
+                videos[d] = load_videos(data, d, split, sources=None, max_frames=None)
+            except DataError as e:
+                failed[d] = str(e)
+    if not videos:
+        raise DataError("; ".join(failed.values()))
+    return videos, found, missing, failed
+
+
+def list_inputs(files: list[str], folder: str | None) -> list[tuple[Path, str]]:
+    """The videos and images to score: `files` (--video/--image), then every one under `folder`
+    (--input), each with the name of its --save-crops folder: the file's stem, or its path under
+    `folder` without the extension; made unique (a~2), so two files never share a crops folder."""
+    named = []
+    for p in map(Path, files):
+        if p.is_dir():
+            raise IsADirectoryError(f"{p} is a folder, not a file: use --input {p} to score every file in it")
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: file not found")
+        named.append((p, p.stem))
+    if folder:
+        root = Path(folder)
+        if not root.is_dir():
+            raise NotADirectoryError(f"--input {root}: not a folder")
+        found = sorted(p for p in root.rglob("*") if p.is_file())
+        exts = VIDEO_EXTS | IMAGE_EXTS
+        media = [p for p in found if p.suffix.lower() in exts]
+        if not media:
+            raise FileNotFoundError(f"--input {root}: no video or image file ({' '.join(sorted(exts))}) found")
+        if len(media) < len(found):
+            print(f"--input {root}: {len(media)} video/image file(s), {len(found) - len(media)} "
+                  f"other file(s) skipped")
+        named += [(p, str(p.relative_to(root).with_suffix(""))) for p in media]
+    out, used = [], set()
+    for p, name in named:
+        unique, k = name, 1
+        while unique in used:
+            k += 1
+            unique = f"{name}~{k}"
+        used.add(unique)
+        out.append((p, unique))
+    return out

@@ -1,6 +1,6 @@
-"""Tests for preprocess.py's face search: tracked faces are searched near their last box, so the
-full-frame upsample-1 scan (the reference's whole cost) runs only on the first frame, and the
-crops stay the reference's."""
+"""Tests for util/face_search.py: tracked faces are searched near their last box, so the full-frame
+upsample-1 scan (the reference's whole cost) runs only on the first frame, and the crops stay the
+reference's; detections linked into one track per person; dlib's detector loaded from its cache."""
 from __future__ import annotations
 
 import dataclasses
@@ -9,6 +9,7 @@ import numpy as np
 
 import _video_utils as U
 import preprocess as P
+from util import face_search as FS
 
 
 class CountingDetector:
@@ -35,7 +36,7 @@ def tracks_counting(frames: list[np.ndarray], models: P.FaceModels, monkeypatch,
     inside the 256x256 crops come after all frames and are left out."""
     counting = CountingDetector(models.detector)
     counts: list[int] = []
-    detect_faces = P.detect_faces
+    detect_faces = FS.detect_faces
 
     def detect_counting(*args, **kwargs):
         counting.calls.clear()
@@ -43,7 +44,7 @@ def tracks_counting(frames: list[np.ndarray], models: P.FaceModels, monkeypatch,
         counts.append(sum(upsample == 1 for _, upsample in counting.calls))
         return found
 
-    monkeypatch.setattr(P, "detect_faces", detect_counting)
+    monkeypatch.setattr(FS, "detect_faces", detect_counting)
     people = P.face_tracks(frames, list(range(len(frames))),
                            dataclasses.replace(models, detector=counting), detect_side=detect_side)
     assert len(counts) == len(frames)
@@ -116,8 +117,8 @@ def test_cheap_check_scaled_to_the_tracked_faces(models, monkeypatch):
     frames = [U.place_face((1280, 720), (380 + 20 * i, 360), 2.0) for i in range(3)]
     frames.append(U.place_face((1280, 720), (1000, 330), 2.8, frame=frames[-1]))
     checks = []
-    cheap_check = P.cheap_check
-    monkeypatch.setattr(P, "cheap_check", lambda *a: checks.append(cheap_check(*a)) or checks[-1])
+    cheap_check = FS.cheap_check
+    monkeypatch.setattr(FS, "cheap_check", lambda *a: checks.append(cheap_check(*a)) or checks[-1])
     people, counts = tracks_counting(frames, models, monkeypatch)
     widths = [image.shape[1] for image, _ in checks]
     assert widths[0] == 640 and all(w < 550 for w in widths[1:]), widths
@@ -127,8 +128,20 @@ def test_cheap_check_scaled_to_the_tracked_faces(models, monkeypatch):
     assert [len(p) for p in people] == [1, 4] or [len(p) for p in people] == [4, 1]
     for frame_index, ref in enumerate(refs):
         largest = max((c for p in people for c in p if c.frame == frame_index),
-                      key=lambda c: P._area(c.box))
+                      key=lambda c: FS._area(c.box))
         assert np.abs(largest.keypoints - ref.keypoints).max() <= 1.0, frame_index
+
+
+def test_link_tracks():
+    """One face per frame is one person however it moves; two faces stay apart."""
+    a, b = (0, 0, 100, 100), (300, 0, 400, 100)
+    assert len(FS.link_tracks([[(a, 1.0)], [(b, 1.0)], [], [(a, 1.0)]])) == 1
+    tracks = FS.link_tracks([[(a, 1.0), (b, 1.0)], [(b, 1.0)], [(a, 1.0), (b, 1.0)]])
+    assert [[p for p, _, _ in tr] for tr in tracks] == [[0, 1, 2], [0, 2]]
+    assert FS.link_tracks([[], []]) == []
+    c = (0, 300, 50, 350)  # a small false detection in one frame only: joins the gap of b
+    tracks = FS.link_tracks([[(a, 1.0), (b, 1.0)], [(a, 1.0), (c, 1.0)], [(a, 1.0), (b, 1.0)]])
+    assert [[p for p, _, _ in tr] for tr in tracks] == [[0, 1, 2], [0, 1, 2]]
 
 
 def test_frontal_detector_cache(tmp_path, monkeypatch):
@@ -136,14 +149,14 @@ def test_frontal_detector_cache(tmp_path, monkeypatch):
     detections); a damaged cache file is decoded again and replaced."""
     import dlib
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    built_in = P.frontal_detector()  # no cache yet: dlib's own, decoded
+    built_in = FS.frontal_detector()  # no cache yet: dlib's own, decoded
     cached = tmp_path / "dlib" / f"frontal_face_detector-{dlib.__version__}.svm"
     assert cached.is_file()
     frame = U.face_frames(1)[0]
     want = built_in.run(frame, 0, 0.0)
-    got = P.frontal_detector().run(frame, 0, 0.0)  # from the cache file
+    got = FS.frontal_detector().run(frame, 0, 0.0)  # from the cache file
     assert len(want[0]) == 1 and [str(r) for r in got[0]] == [str(r) for r in want[0]]
     assert np.allclose(got[1], want[1])
     cached.write_bytes(b"damaged")
-    assert len(P.frontal_detector()(frame, 0)) == 1
+    assert len(FS.frontal_detector()(frame, 0)) == 1
     assert cached.stat().st_size > 1000
