@@ -33,6 +33,7 @@ from tqdm import tqdm
 import clip_vit
 from util.layouts import DataError, Video
 from util.loading import GlobalBatchSampler, collate, seed_worker
+from util.precision import autocast
 from util.signals import ignore_stop_signals
 
 
@@ -192,9 +193,11 @@ class Crops(Dataset):
 
 @torch.inference_mode()
 def predict(model: torch.nn.Module, items: list, device: torch.device, batch_size: int = 64,
-            workers: int = 0, desc: str = "frames") -> np.ndarray:
+            workers: int = 0, desc: str = "frames", precision: str | None = None) -> np.ndarray:
     """p_fake = softmax(logits)[:, 1] of each crop (file or RGB array), in order: float64 [len(items)].
-    bf16 autocast on CUDA as in training, fp32 on the CPU. DataError names unreadable crop files."""
+    precision "bf16" or "fp32" (util.precision.resolve_precision); None: bf16 autocast on CUDA as in
+    training, fp32 on the CPU. DataError names unreadable crop files."""
+    precision = precision or ("bf16" if device.type == "cuda" else "fp32")
     was_training = model.training
     model.eval()
     # the tower's own input size: 224, or 336 for ViT-L/14@336px
@@ -203,7 +206,7 @@ def predict(model: torch.nn.Module, items: list, device: torch.device, batch_siz
                         pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals)
     out, readable = [], []
     for images, ok in tqdm(loader, desc=desc, unit="batch", leave=False, disable=None):
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with autocast(device, precision):
             logits = model(images.to(device, non_blocking=True))      # [N, 2]
         out.append(torch.softmax(logits.float(), dim=-1)[:, 1].cpu())
         readable.append(ok)

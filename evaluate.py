@@ -1,18 +1,28 @@
-"""Evaluate a deepfake detector: the paper's benchmark table, p_fake for any video / image, and
-the paper's Figure 1 (validation AUROC during training) from train.py's logs.
+"""Evaluate a deepfake detector: the paper's benchmark table (every AUROC with its 95% interval,
+the paper's number beside it), robustness under perturbations, the paired comparison of two
+models, p_fake for any video / image, and the paper's Figure 1 (validation AUROC during training)
+from train.py's logs.
 
-Benchmarks (face crops written by preprocess.py under --data):
+Benchmarks (face crops written by preprocess.py under --data; tables print and go to summary.md/json):
     python evaluate.py --dataset cdfv2 --checkpoint runs/<name>/best.pt
     python evaluate.py --dataset all                      # paper's table + FF++ per manipulation
     python evaluate.py --dataset all --zero-shot          # zero-shot CLIP baseline
+    python evaluate.py --dataset cdfv2 --perturb          # + video AUROC under JPEG, blur, resize, noise
+    python evaluate.py --dataset cdfv2 --perturb jpeg=90,70,50,30 blur=1,2,3 resize=112,64 noise=0.05,0.1
     torchrun --nproc_per_node=4 evaluate.py --dataset all # the same; 4 GPUs share the frames
+Two models on the same videos (compare.md, compare.json, compare.csv):
+    python evaluate.py --compare runs/full/best.pt runs/ln-norm/best.pt --dataset cdfv2
 Any file (one process):
     python evaluate.py --video clip.mp4 | --image face.jpg | --input DIR  [--save-crops DIR]
+    python evaluate.py --calibrate --checkpoint authors   # once: FF++ val's scores, what verdicts rank against
+    python evaluate.py --video clip.mp4 --report report/ --frames all  # + timeline, saliency, annotated video
 Figure 1, val video AUROC during training of four runs (writes curves.png, prints each best):
     python evaluate.py --curves runs/ln runs/ln-norm runs/ln-norm-unal runs/full [--x epoch]
 
 Frame score = p_fake = softmax(logits)[:, 1]; video score = mean of its frames' p_fake
-(the paper's protocol). Label 1 = fake.
+(the paper's protocol). Label 1 = fake. Every AUROC's 95% interval is the percentile bootstrap of
+2,000 class-stratified resamples of the videos (numpy seed 0); at the frame level whole videos are
+resampled, as a video's frames are not independent.
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ import errno
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Callable
 
 import numpy as np
 import torch
@@ -31,49 +41,68 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 import clip_vit
-from data import compute_metrics, predict, video_scores
-from util import plots
-from util.cli import at_least, device_flag, resolve_device
+from data import compute_metrics, eval_transform, predict, read_crop, read_rgb, video_scores
+from util import calibration, plots, report
+from util.cli import Watched, at_least, count_or_all, device_flag, resolve_device
 from util.distributed import Processes, interleaved, processes, rank_zero_first, torchrun_env
-from util.files import CSVRows, csv_text, write_json, write_output, write_person_crops
-from util.layouts import FFPP_METHODS, DataError, Video, list_inputs, load_splits
+from util.files import CSVRows, write_json, write_output, write_person_crops
+from util.layouts import FFPP_METHODS, IMAGE_EXTS, DataError, Video, list_inputs, load_splits, load_videos
+from util.paper import DATASETS as PAPER_DATASETS, checkpoint_row
+from util.perturb import DEFAULT_PERTURB, DEFAULT_TOKENS, parse_perturb
+from util.results import (benchmark_summary, comparison, comparison_table, display, write_comparison,
+                          write_dataset_outputs)
+from util.robustness import perturbed_scores
+from util.saliency import saliency_maps
+from util.stats import bootstrap_auroc_ci
 from util.tokenizer import load_tokenizer
 from util.train_log import Curve, read_curve
 
-if TYPE_CHECKING:
-    from preprocess import FaceCrop  # dlib: imported only to score raw videos and images
-
-# the paper's cross-dataset columns, in its order, and how the table names them
-PAPER_DATASETS = ["cdfv2", "dfd", "dfdc", "ffiw", "dsv1"]
-ALL_DATASETS = PAPER_DATASETS + ["ff++", "dfdcp", "folder"]
-DISPLAY = {"cdfv2": "CDFv2", "dfd": "DFD", "dfdc": "DFDC", "ffiw": "FFIW", "dsv1": "DSv1",
-           "ff++": "FF++", "dfdcp": "DFDCP", "folder": "folder"}
+ALL_DATASETS = [*PAPER_DATASETS, "ff++", "dfdcp", "folder"]
 PROMPTS = ("a photo of a real face", "a photo of a fake face")  # class 0, class 1
-
-
-def display(dataset: str) -> str:
-    """Table name: CDFv2, FF++, and FF++ c40 for the folder ff++-c40."""
-    base, _, compression = dataset.partition("-")
-    return DISPLAY.get(base, base) + (f" {compression}" if compression else "")
+N_BOOT, SEED = 2000, 0  # every interval's bootstrap resamples and their seed; the seed of the crops' noise
 
 
 # ----------------------------------------------------------------------------- the benchmarks
 
+def scorer(model: nn.Module, args, procs: Processes, desc: str) -> Callable[[list], np.ndarray]:
+    """Crop files or RGB arrays -> their p_fake (data.predict with the flags' batch and workers)."""
+    return lambda items: predict(model=model, items=items, device=procs.device, batch_size=args.batch_size,
+                                 workers=args.workers, desc=desc)
+
+
+def frame_scores(model: nn.Module, videos: list[Video], args, procs: Processes, desc: str) -> np.ndarray:
+    """p_fake of every crop of `videos`, in order, shared over torchrun's ranks: [n_frames]."""
+    return interleaved(scorer(model, args, procs, desc), [f for v in videos for f in v.frames], procs,
+                       errors=(DataError,))
+
+
+def video_means(videos: list[Video], frame_p: np.ndarray) -> np.ndarray:
+    """The paper's video score, the mean p_fake of the video's frames: [len(videos)]."""
+    per_video = video_scores([v.path for v in videos for _ in v.frames], frame_p)
+    return np.array([per_video[v.path] for v in videos])
+
+
+def measured(labels, scores, groups=None) -> dict:
+    """data.compute_metrics and `auroc_ci`, the AUROC's 95% percentile bootstrap interval (groups:
+    each frame's video, so that whole videos are resampled); None for one class."""
+    m = compute_metrics(labels, scores)
+    m["auroc_ci"] = None if m["auroc"] is None else \
+        list(bootstrap_auroc_ci(labels, scores, groups, n_boot=N_BOOT, seed=SEED))
+    return m
+
+
 def evaluate_dataset(model: nn.Module, dataset: str, split_dir: Path, videos: list[Video], args,
                      procs: Processes, out_dir: Path, label: str) -> dict:
-    """Score every crop of a split (shared over torchrun's ranks); rank 0 writes videos.csv,
-    metrics.json and roc.png under out_dir."""
-    scores = interleaved(lambda crops: predict(model, crops, procs.device, args.batch_size, args.workers,
-                                               f"{dataset} {split_dir.name}"),
-                         [f for v in videos for f in v.frames], procs, errors=(DataError,))
-    per_video = video_scores([v.path for v in videos for _ in v.frames], scores)
-    video_p = np.array([per_video[v.path] for v in videos])  # mean p_fake of each video's frames
+    """Score every crop of a split (shared over torchrun's ranks), with --perturb under every
+    perturbation too; rank 0 writes videos.csv, roc.png, robustness.csv/png and metrics.json under out_dir."""
+    scores = frame_scores(model, videos, args, procs, f"{dataset} {split_dir.name}")
+    video_p = video_means(videos, scores)
     frame_labels = np.array([v.label for v in videos for _ in v.frames])
     video_labels = np.array([v.label for v in videos])
 
     result = {"dataset": dataset, "split": split_dir.name, "model": label,
-              "data": str(split_dir), "video": compute_metrics(video_labels, video_p),
-              "frame": compute_metrics(frame_labels, scores)}
+              "data": str(split_dir), "video": measured(video_labels, video_p),
+              "frame": measured(frame_labels, scores, [v.path for v in videos for _ in v.frames])}
     ffpp = dataset.startswith("ff++")
     curves = [("all videos" if ffpp else "video", video_labels, video_p, result["video"]),
               ("all frames" if ffpp else "frame", frame_labels, scores, result["frame"])]
@@ -83,92 +112,41 @@ def evaluate_dataset(model: nn.Module, dataset: str, split_dir: Path, videos: li
         real = video_labels == 0
         for src in sorted({v.source for v in videos if v.label == 1}):
             sel = real | np.array([v.source == src for v in videos])
-            m = result["per_source"][src] = compute_metrics(video_labels[sel], video_p[sel])
+            m = result["per_source"][src] = measured(video_labels[sel], video_p[sel])
             curves.append((f"{FFPP_METHODS.get(src, src)} videos", video_labels[sel], video_p[sel], m))
+    perturbed = None
+    if args.perturb is not None:
+        result["robustness"], perturbed = evaluate_robustness(model, videos, args, procs, result["video"])
     if procs.main:
-        write_dataset_outputs(out_dir, result, videos, video_p, curves)
+        write_dataset_outputs(out_dir, result, videos, video_p, curves, perturbed)
     return result
 
 
-def write_dataset_outputs(out_dir: Path, result: dict, videos: list[Video], video_p: np.ndarray,
-                          curves: list) -> None:
-    """videos.csv, roc.png (none for one class) and metrics.json, which lists the files and is
-    written last: its presence means the others are complete."""
-    videos_csv, roc, metrics = out_dir / "videos.csv", out_dir / "roc.png", out_dir / "metrics.json"
-    rows = [{"video_id": v.video_id, "source": v.source, "label": v.label, "n_frames": len(v.frames),
-             "p_fake": f"{p:.6f}", "path": v.path, "file": v.file} for v, p in zip(videos, video_p)]
-    write_output(videos_csv, csv_text(list(rows[0]), rows))
-    figure = plots.roc_figure(curves, f"{display(result['dataset'])} {result['split']} - {result['model']}")
-    if figure is not None:
-        write_output(roc, plots.png(figure))
-    else:  # one class: no curve to draw, nor a stale one from a past run
-        roc.unlink(missing_ok=True)
-    result["files"] = {"videos": str(videos_csv), "metrics": str(metrics),
-                       "roc": str(roc) if figure is not None else None}
-    write_json(metrics, result)
-
-
-# ----------------------------------------------------------------------------- the paper's table
-
-def pct(x) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}"
-
-
-def metrics_table(results: list[dict]) -> str:
-    """All metrics per dataset and level, with counts; n/a cells explained below the table."""
-    lines = ["| dataset | level | count | real | fake | AUROC | AP | EER | Acc@0.5 |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
-    notes = []
-    for r in results:
-        name = display(r["dataset"])
-        for level in ("video", "frame"):
-            m = r[level]
-            lines.append(f"| {name} | {level} | {m['n']} | {m['n_real']} | {m['n_fake']} | "
-                         f"{pct(m['auroc'])} | {pct(m['ap'])} | {pct(m['eer'])} | {pct(m['acc'])} |")
-            if m.get("undefined"):
-                notes.append(f"- {name} {level}: {m['undefined']}")
-    return "\n".join(lines + ([""] + notes if notes else []))
-
-
-def paper_table(results: dict, label: str, missing: list[str], failed: dict[str, str]) -> str:
-    """Video-level AUROC (%) in the paper's columns and their mean, plus FF++ per manipulation.
-    `missing`: datasets not preprocessed; `failed`: {dataset: why it could not be evaluated}."""
-    def cell(d: str) -> str:
-        return pct(results[d]["video"]["auroc"]) if d in results else "error" if d in failed else "missing"
-
-    values = [results[d]["video"]["auroc"] for d in PAPER_DATASETS if d in results]
-    values = [v for v in values if v is not None]
-    mean = pct(sum(values) / len(values)) if values else "n/a"
-    if values and len(values) < len(PAPER_DATASETS):
-        mean += f" ({len(values)}/{len(PAPER_DATASETS)})"
-    lines = ["Video-level AUROC (%), trained on FF++ c23:", "",
-             "| model | " + " | ".join(DISPLAY[d] for d in PAPER_DATASETS) + " | mean |",
-             "|---|" + "---:|" * (len(PAPER_DATASETS) + 1),
-             f"| {label} | " + " | ".join(cell(d) for d in PAPER_DATASETS) + f" | {mean} |"]
-    ffpp = results.get("ff++")
-    lines += ["", "FF++ test, video-level AUROC (%) per manipulation (real videos vs that method):", ""]
-    if ffpp is None:
-        lines.append(f"FF++ test: {cell('ff++')}")
-    else:
-        srcs = list(ffpp.get("per_source", {}))
-        lines += ["| model | " + " | ".join(FFPP_METHODS.get(s, s) for s in srcs) + " | all |",
-                  "|---|" + "---:|" * (len(srcs) + 1),
-                  f"| {label} | " + " | ".join(pct(ffpp["per_source"][s]["auroc"]) for s in srcs)
-                  + f" | {pct(ffpp['video']['auroc'])} |"]
-    if missing:
-        lines += ["", "missing (not preprocessed): " + ", ".join(display(d) for d in missing)]
-    if failed:
-        lines += ["", "error (not evaluated; fix and re-run):"]
-        lines += [f"- {display(d)}: {why}" for d, why in failed.items()]
-    return "\n".join(lines)
+def evaluate_robustness(model: nn.Module, videos: list[Video], args, procs: Processes,
+                        clean: dict) -> tuple[dict, np.ndarray]:
+    """Video AUROC [95% CI] under each --perturb (name, severity) applied to every crop before the
+    CLIP transform, its noise seeded by the crop's path under the split; every crop is decoded
+    once for all of them (util.robustness). The unperturbed row is the plain evaluation's.
+    Also each video's p_fake under each: [len(perturb), len(videos)]."""
+    frames = [f for v in videos for f in v.frames]
+    keys = [f"{v.path}/{f.name}" for v in videos for f in v.frames]
+    scores = perturbed_scores(scorer(model, args, procs, "perturbed crops"),
+                              lambda f: read_rgb(f).permute(1, 2, 0).numpy(), frames, keys, args.perturb,
+                              procs, seed=SEED, threads=max(1, args.workers))  # [len(perturb), n_frames]
+    labels, video_p = np.array([v.label for v in videos]), np.stack([video_means(videos, s) for s in scores])
+    rows = [{"perturbation": "none", "severity": None, "video": clean}]
+    rows += [{"perturbation": name, "severity": severity, "video": measured(labels, p)}
+             for (name, severity), p in zip(args.perturb, video_p)]
+    return {"seed": SEED, "rows": rows}, video_p
 
 
 def run_benchmarks(args, procs: Processes) -> dict:
-    """The datasets of --dataset scored and tabled. Every index.csv is read before the model loads
-    (minutes for a download); a broken dataset is listed in the table, not allowed to stop the others."""
-    names = PAPER_DATASETS + ["ff++"] if args.dataset == "all" else [args.dataset]
+    """The datasets of --dataset scored and tabled (util.results.benchmark_summary). Every index.csv is
+    read before the model loads (minutes for a download); a broken dataset is listed in the table,
+    not allowed to stop the others."""
+    names = [*PAPER_DATASETS, "ff++"] if args.dataset == "all" else [args.dataset]
     videos, found, missing, failed = load_splits(Path(args.data), names, args.split)
-    model, label, default_out = load_model(args, procs, benchmark=True)
+    model, label, default_out, row, why = load_model(args, procs, benchmark=True)
     out = Path(args.out or default_out)
     results = {}
     for d in videos:
@@ -179,26 +157,50 @@ def run_benchmarks(args, procs: Processes) -> dict:
     if not results:
         raise DataError("; ".join(failed.values()))
     if procs.main:  # ranks > 0 show what they write to stderr
-        for d, why in failed.items():
-            print(f"{display(d)}: not evaluated: {why}", file=sys.stderr)
-    return write_summary(args, procs, out, label, results, missing, failed)
-
-
-def write_summary(args, procs: Processes, out: Path, label: str, results: dict, missing: list[str],
-                  failed: dict[str, str]) -> dict:
-    """Print the table(s); rank 0 writes them as <stem>.md and everything as <stem>.json."""
-    table = metrics_table(list(results.values()))
-    if args.dataset == "all":
-        table = paper_table(results, label, missing, failed) + "\n\n" + table
-    print(table)
-    summary = {"model": label, "split": args.split, "results": results,
-               "missing": missing, "failed": failed, "table": table}
-    if procs.main:
+        for d, reason in failed.items():
+            print(f"{display(d)}: not evaluated: {reason}", file=sys.stderr)
+    summary = benchmark_summary(label, args.split, results, row, why, missing, failed,
+                                paper_columns=args.dataset == "all", n_boot=N_BOOT, seed=SEED)
+    print(summary["table"])
+    if procs.main:  # the tables as <stem>.md, everything as <stem>.json
         stem = "summary" if args.dataset == "all" else f"{args.dataset}-summary"
-        write_output(out / f"{stem}.md", table + "\n")
+        write_output(out / f"{stem}.md", summary["table"] + "\n")
         write_json(out / f"{stem}.json", summary)
-        print(f"\nwritten to {out}/ (per dataset: videos.csv, metrics.json, roc.png)")
+        extra = ", robustness.csv, robustness.png" if args.perturb is not None else ""
+        print(f"\nwritten to {out}/ (per dataset: videos.csv, metrics.json, roc.png{extra})")
     return summary
+
+
+# ----------------------------------------------------------------------------- two models compared
+
+def run_compare(args, procs: Processes) -> dict:
+    """--compare A B: both models scored now, one after the other, on the same videos of --dataset's
+    split (so their videos cannot differ): each video AUROC [95% CI], and A - B with DeLong's paired
+    test (util.stats.paired_comparison: 95% CI and two-sided p-value) and a paired bootstrap CI.
+    Rank 0 writes compare.csv, compare.md and compare.json under --out."""
+    for source in args.compare:  # both named before minutes of scoring the first
+        check_checkpoint(source)
+    videos, found, _, _ = load_splits(Path(args.data), [args.dataset], args.split)
+    videos = videos[args.dataset]
+    labels = np.array([v.label for v in videos])
+    if labels.min() == labels.max():
+        raise DataError(f"--compare needs real and fake videos: {found[args.dataset]} holds one class only")
+    sides, scores = {}, []
+    for key, source in zip(("a", "b"), args.compare):
+        print(f"model {key.upper()}: {source}")
+        model, _, _, row, _ = load_model(args, procs, benchmark=True, source=source)
+        scores.append(video_means(videos, frame_scores(model, videos, args, procs, f"{key.upper()}: {source}")))
+        sides[key] = {"model": source, "row": row, **measured(labels, scores[-1])}
+        del model  # one model in memory at a time
+    c = comparison(labels, sides, scores, N_BOOT, SEED, dataset=args.dataset, split=args.split,
+                   data=str(found[args.dataset]))
+    print(comparison_table(c))
+    if procs.main:
+        tags = [s if s == "authors" else f"{Path(s).parent.name}-{Path(s).stem}" for s in args.compare]
+        out = Path(args.out or Path("eval") / f"compare-{tags[0]}-vs-{tags[1]}-{args.dataset}")
+        write_comparison(out, c, videos, scores)
+        print(f"\nwritten to {out}/ (compare.md, compare.json, compare.csv)")
+    return c
 
 
 # ----------------------------------------------------------------------------- the models
@@ -249,17 +251,21 @@ def choose_checkpoint(args, benchmark: bool) -> str:
     return "authors"
 
 
-def load_trained_detector(args, benchmark: bool) -> tuple[nn.Module, str, str]:
-    """(detector of --checkpoint or the default one, a label for tables, the default output folder)."""
-    source = choose_checkpoint(args, benchmark)
+def check_checkpoint(source: str) -> None:
+    """A --checkpoint that is missing or a folder, said in one line before minutes of loading."""
     path = Path(source)
     expected = "expected a file written by train.py (runs/<name>/best.pt), the authors' model.ckpt, or 'authors'"
     if source != "authors" and not path.is_file():
         if path.is_dir():
             raise IsADirectoryError(f"checkpoint {source} is a folder: {expected}")
         raise FileNotFoundError(f"checkpoint {source} not found: {expected}")
+
+
+def load_trained_detector(source: str, clip: str | None) -> tuple[nn.Module, str, str]:
+    """(detector of `source`, a label for tables, the default output folder)."""
+    check_checkpoint(source)
     try:
-        detector = clip_vit.load_detector(source, clip=args.clip, device="cpu")
+        detector = clip_vit.load_detector(source, clip=clip, device="cpu")
     except (ValueError, OSError, RuntimeError) as e:  # wrong file, wrong base weights, offline
         # torch's zip reader says only "[Errno 22] Invalid argument" for some truncated files
         why = ("the file is truncated or corrupt (copy it again, or use the run's last.pt)"
@@ -267,15 +273,24 @@ def load_trained_detector(args, benchmark: bool) -> tuple[nn.Module, str, str]:
         raise ValueError(f"cannot load checkpoint {source}: {why}") from None
     if source == "authors":
         return detector, "authors' weights", str(Path("eval") / "authors")
+    path = Path(source)
     return detector, f"{path.parent.name}/{path.name}", str(path.parent / f"eval-{path.stem}")
 
 
-def load_model(args, procs: Processes, benchmark: bool) -> tuple[nn.Module, str, str]:
-    """(model giving logits [N, 2] in eval mode on the device, a label for tables, the default
-    output folder). Under torchrun rank 0 loads first (it downloads what is missing)."""
+def load_model(args, procs: Processes, benchmark: bool,
+               source: str | None = None) -> tuple[nn.Module, str, str, str | None, str]:
+    """(model giving logits [N, 2] in eval mode on the device, a label for tables, the default output
+    folder, the paper's row it reproduces or None, how that row was found or why there is none):
+    --zero-shot CLIP, or the detector of `source` (default: --checkpoint or the default one).
+    Under torchrun rank 0 loads first (it downloads what is missing)."""
     with rank_zero_first(procs):
-        model, label, out = load_zero_shot(args) if args.zero_shot else load_trained_detector(args, benchmark)
-    return model.to(procs.device).eval(), label, out
+        if args.zero_shot:
+            (model, label, out), row, why = load_zero_shot(args), None, "zero-shot CLIP is no row of the paper's table"
+        else:
+            source = source or choose_checkpoint(args, benchmark)
+            model, label, out = load_trained_detector(source, args.clip)
+            row, why = checkpoint_row(source)
+    return model.to(procs.device).eval(), label, out, row, why
 
 
 # ----------------------------------------------------------------------------- Figure 1
@@ -297,73 +312,64 @@ def run_curves(args) -> list[Curve]:
 
 # ----------------------------------------------------------------------------- any video / image
 
-def row(path: Path, person: int | None = None, seen: int = 0, with_face: int = 0,
-        p_fake: float | None = None, note: str = "") -> dict:
-    """One line of predictions.csv."""
-    return {"file": str(path), "person": person, "frames_seen": seen,
-            "frames_with_face": with_face, "p_fake": p_fake, "note": note}
-
-
-def score_file(path: Path, crops_dir: Path | None, args, procs: Processes, face_models, model: nn.Module) -> list[dict]:
-    """Print the verdict of one file; its rows for predictions.csv (a file row, then one per
-    person when several appear). No face or an unreadable file: said so, no score."""
+def score_file(path: Path, name: str, args, procs: Processes, face_models, model: nn.Module,
+               threshold: calibration.Threshold, reference: calibration.Reference | None) -> list[dict]:
+    """Print the verdict of one file; its rows for predictions.csv (util.report.say_verdict). No
+    face or an unreadable file: said so, no score. --report: its folder, every crop's saliency map in it."""
     import preprocess  # dlib: only this path needs it
     try:
         # preprocess.extract_faces's own two steps: the number of frames read is needed too
         indices, frames = preprocess.read_frames(path, args.frames)   # an image is one frame
-        tracks = [t for t in preprocess.face_tracks(frames, indices, face_models) if t]
+        tracks = [t for t in preprocess.face_tracks(Watched(frames, path.name), indices, face_models) if t]
     except Exception as e:  # one unreadable file must not stop a folder of them
         print(f"{path}: cannot read ({type(e).__name__}: {e}); no score")
-        return [row(path, note=f"cannot read: {e}")]
+        return [report.row(path, note=f"cannot read: {e}")]
     if not tracks:
         print(f"{path}: no face found in {len(frames)} frame(s); no score")
-        return [row(path, seen=len(frames), note="no face found")]
-    if crops_dir is not None:
-        write_person_crops(crops_dir, [{c.frame: preprocess.crop_png(c) for c in t} for t in tracks])
-    persons = [float(predict(model, [c.image for c in t], procs.device, args.batch_size, desc="crops").mean())
-               for t in tracks]
-    return report(path, len(frames), tracks, persons)
-
-
-def verdict(p_fake: float) -> str:
-    return "FAKE" if p_fake > 0.5 else "real"
-
-
-def report(path: Path, n_seen: int, tracks: list[list[FaceCrop]], persons: list[float]) -> list[dict]:
-    """Print the file's verdict, and each person's when several appear; the predictions.csv rows.
-
-    The file's score is the main (largest) person's, the one preprocess.py keeps for the
-    benchmarks: a stray one-frame detection (a poster, a logo) must not decide the verdict.
-    Another person judged differently is said on the same line, never hidden."""
-    p_file, with_face = persons[0], len({c.frame for t in tracks for c in t})
-    note = ""
-    if len(persons) > 1:
-        differ = [f"; person {k} {verdict(p)}" for k, p in enumerate(persons[1:], 2)
-                  if verdict(p) != verdict(p_file)]
-        note = f"{len(persons)} people, score of person 1, the largest" + "".join(differ)
-    print(f"{path}: p_fake {p_file:.4f} -> {verdict(p_file)} ({with_face}/{n_seen} frames with a face"
-          + (f"; {note}" if note else "") + ")")
-    rows = [row(path, None, n_seen, with_face, p_file, note)]
-    if len(persons) > 1:
-        for k, (p, t) in enumerate(zip(persons, tracks), 1):
-            frames = f"{len(t)} frame{'s' if len(t) > 1 else ''}"
-            print(f"    person {k}: p_fake {p:.4f} -> {verdict(p)} ({frames})")
-            rows.append(row(path, k, n_seen, len(t), p))
+        return [report.row(path, seen=len(frames), note="no face found")]
+    if args.save_crops:
+        write_person_crops(Path(args.save_crops) / name, [{c.frame: preprocess.crop_png(c) for c in t} for t in tracks])
+    persons = []
+    for t in tracks:
+        p_fake = predict(model, [c.image for c in t], procs.device, batch_size=args.batch_size, desc="crops")
+        maps = None
+        if args.report:  # where p_fake comes from: the maps of the crops as the detector takes them
+            transform = eval_transform(model.visual.input_resolution)
+            maps = saliency_maps(model, torch.stack([transform(read_crop(c.image)) for c in t]))  # [n, S, S]
+        persons.append(report.person_of(t, p_fake, maps))
+    rows = report.say_verdict(path, len(frames), persons, threshold, reference)
+    if args.report:
+        verdict = calibration.judge(persons[0].score, threshold, reference)
+        for note in report.write_report(Path(args.report) / name, path, persons, verdict, len(frames), indices,
+                                        video=path.suffix.lower() not in IMAGE_EXTS):
+            print(f"{path}: {note}")
     return rows
 
 
 def score_files(args, procs: Processes) -> list[dict]:
-    """Score every file; predictions.csv with --out."""
-    import preprocess  # dlib: only this path needs it
+    """--calibrate first (util.calibration, beside the checkpoint or the authors' cached download);
+    then every file, its verdict read against the checkpoint's reference; predictions.csv with
+    --out, a folder per file with --report."""
     inputs = list_inputs((args.video or []) + (args.image or []), args.input)
-    face_models = preprocess.load_face_models(args.landmarks)
-    model, _, _ = load_model(args, procs, benchmark=False)
-    saved = CSVRows(Path(args.out) / "predictions.csv", list(row(Path()))) if args.out else None
+    if args.report:
+        report.check_folder(Path(args.report))  # before minutes of loading and scoring
+    val = load_videos(args.data, "ff++", "val") if args.calibrate else None  # said before loading the model
+    if inputs:
+        import preprocess  # dlib: only this path needs it
+        face_models = preprocess.load_face_models(args.landmarks)
+    source = None if args.zero_shot else choose_checkpoint(args, benchmark=False)
+    model, *_ = load_model(args, procs, benchmark=False, source=source)
+    if args.calibrate:  # FF++ val's video scores, beside the checkpoint: the reference from now on
+        scores = video_means(val, frame_scores(model, val, args, procs, "FF++ val"))
+        calibration.calibrate(source, [v.label for v in val], scores)
+    threshold, reference = calibration.calibrated(source, args.threshold)
+    if not inputs:  # --calibrate alone
+        return []
+    saved = CSVRows(Path(args.out) / "predictions.csv", report.FIELDS) if args.out else None
     rows = []
     try:
         for path, name in tqdm(inputs, desc="files", unit="file", disable=None if len(inputs) > 1 else True):
-            crops_dir = Path(args.save_crops) / name if args.save_crops else None
-            new = score_file(path, crops_dir, args, procs, face_models, model)
+            new = score_file(path, name, args, procs, face_models, model, threshold, reference)
             rows += new
             if saved:
                 saved.write_rows(new)
@@ -394,6 +400,12 @@ def build_parser() -> argparse.ArgumentParser:
     what.add_argument("--input", help="score every video and image under this folder")
     what.add_argument("--curves", nargs="+", metavar="RUN", help="train.py run folders (runs/<name>): "
                       "plot their val video AUROC during training into curves.png (paper Fig. 1)")
+    what.add_argument("--compare", nargs=2, metavar=("A", "B"), help="two checkpoints (or 'authors') on the "
+                      "same videos of --dataset NAME: A - B with DeLong's paired 95%% CI and p-value")
+    what.add_argument("--calibrate", action="store_true", help="score FF++ val (--data) once with --checkpoint and "
+                      "store its video scores beside it: the reference the verdicts on files are read against")
+    p.add_argument("--perturb", nargs="*", metavar="NAME=V,V", help="benchmarks: video AUROC under perturbed "
+                   f"crops too, e.g. jpeg=90,70 blur=1,2 resize=112 noise=0.1 (default: {' '.join(DEFAULT_TOKENS)})")
     p.add_argument("--checkpoint", help="runs/<name>/best.pt, the authors' model.ckpt, or 'authors' "
                    "(default: benchmarks: newest runs/*/best.pt, else authors; files: authors)")
     p.add_argument("--clip", help="base CLIP weights: ViT-L/14 (download), a path, or 'tiny'")
@@ -404,11 +416,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="data", help="preprocess.py's output folder (default data/)")
     p.add_argument("--split", default="test")
     p.add_argument("--runs", default="runs", help="where to look for the newest run")
-    p.add_argument("--out", help="output folder (default: eval-<checkpoint stem> next to the "
-                   "checkpoint; eval/authors; eval/zero-shot-<clip>; --curves: the current folder)")
+    p.add_argument("--out", help="output folder (default: eval-<checkpoint stem> next to the checkpoint; "
+                   "eval/authors; eval/zero-shot-<clip>; eval/compare-<A>-vs-<B>-<dataset>; --curves: .)")
     p.add_argument("--x", choices=["step", "epoch"], default="step", help="--curves: x axis")
     p.add_argument("--save-crops", help="keep the face crops of --video/--image/--input here")
-    p.add_argument("--frames", type=at_least(int, 1), default=32, help="frames sampled per video (files)")
+    p.add_argument("--frames", type=count_or_all, default=32, help="frames scored per video (files): N or all")
+    p.add_argument("--threshold", type=calibration.threshold_flag, help="files: p_fake above it is FAKE: "
+                   f"{calibration.THRESHOLD_HELP} (default: eer with reference scores, else 0.5, uncalibrated)")
+    p.add_argument("--report", metavar="DIR", help="files: a folder per file here: timeline.png, faces.png "
+                   "(crops and saliency), saliency.npz, annotated.mp4 (videos), report.json")
     p.add_argument("--landmarks", help="dlib landmark model (default: 68-point from face-recognition-models)")
     p.add_argument("--batch-size", type=at_least(int, 1), default=64)
     p.add_argument("--workers", type=at_least(int, 0), default=min(4, os.cpu_count() or 1))
@@ -423,14 +439,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     _, world, local_rank = torchrun_env()  # (0, 1, 0) for a plain `python evaluate.py`
     files = bool(args.video or args.image or args.input)
-    if sum((files, bool(args.dataset), bool(args.curves))) > 1:
+    if sum((files, bool(args.dataset or args.compare), bool(args.curves))) > 1:
         p.error("give one of --dataset, --video/--image/--input, --curves")
-    if not files and not args.curves and not args.dataset:
+    if args.calibrate and (args.dataset or args.compare or args.curves or args.zero_shot):
+        p.error("--calibrate stores the reference of a --checkpoint: give it alone or with --video/--image/--input")
+    if args.compare and (not args.dataset or args.dataset == "all"):
+        p.error("--compare scores both models on one split: give --dataset NAME (e.g. --dataset cdfv2), not all")
+    if args.compare and (args.checkpoint or args.zero_shot or args.perturb is not None):
+        p.error("--compare A B names both models, scored unperturbed: drop --checkpoint, --zero-shot, --perturb")
+    if args.compare and same_file(*args.compare):
+        p.error(f"--compare: {args.compare[0]} and {args.compare[1]} are the same file: give two different checkpoints")
+    if not files and not args.curves and not args.dataset and not args.calibrate:
         args.dataset = "all"
+    if args.perturb is not None:
+        try:
+            args.perturb = parse_perturb(args.perturb) if args.perturb else DEFAULT_PERTURB
+        except ValueError as e:
+            p.error(f"argument --perturb: {e}")
+        if not args.dataset:
+            p.error("--perturb goes with --dataset: it perturbs a benchmark's crops")
     if args.dataset and args.dataset != "all" and args.dataset.partition("-")[0] not in ALL_DATASETS:
         p.error(f"--dataset {args.dataset}: expected all, {', '.join(ALL_DATASETS)}, or ff++-c40 etc.")
     if world > 1 and not args.dataset:
-        p.error("--video/--image/--input and --curves run in one process: start them with python, "
+        p.error("--video/--image/--input, --calibrate and --curves run in one process: start them with python, "
                 "not torchrun")
     if args.zero_shot and args.checkpoint:
         p.error("--zero-shot uses CLIP's text prompts, not a --checkpoint: give one or the other")
@@ -439,12 +470,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         p.error(f"--device cuda (torchrun LOCAL_RANK {local_rank}): this machine has "
                 f"{torch.cuda.device_count()} GPU(s)")
     args.device = str(device)
-    if args.save_crops and not files:
-        p.error("--save-crops goes with --video/--image/--input")
-    if args.save_crops and args.input and \
-            Path(args.save_crops).resolve().is_relative_to(Path(args.input).resolve()):
-        p.error("--save-crops inside --input: the next run would score the crops as images")
+    for flag, folder, what in (("--save-crops", args.save_crops, "the crops as images"),
+                               ("--report", args.report, "its files as videos and images")):
+        if folder and not files:
+            p.error(f"{flag} goes with --video/--image/--input")
+        if folder and args.input and Path(folder).resolve().is_relative_to(Path(args.input).resolve()):
+            p.error(f"{flag} inside --input: the next run would score {what}")
+    if args.report and args.zero_shot:
+        p.error("--report maps where a detector's p_fake comes from: it needs a --checkpoint, not --zero-shot")
     return args
+
+
+def same_file(a: str, b: str) -> bool:
+    return a == b or os.path.isfile(a) and os.path.isfile(b) and os.path.samefile(a, b)
 
 
 def main(argv=None):
@@ -454,6 +492,8 @@ def main(argv=None):
         with processes(args.device, quiet=True) as procs:  # under torchrun: ranks > 0 print only errors
             if args.curves:
                 return run_curves(args)
+            if args.compare:
+                return run_compare(args, procs)
             if args.dataset:
                 return run_benchmarks(args, procs)
             return score_files(args, procs)

@@ -12,6 +12,8 @@ The defaults of TrainConfig ARE the published recipe; every field is a command-l
 line per --log-every steps and per epoch), last.pt (every --save-every steps and each epoch, with the
 optimizer and RNG states for --resume) and best.pt (best FF++ val video-level AUROC so far; the
 latest epoch when validation cannot rank: --no-val, no val split, or a val split of one class).
+A checkpoint written after validation also holds the val videos' scores (key "reference"): the
+reference evaluate.py reads a verdict against (util/calibration.py).
 
 N processes (torchrun) train the single-process recipe exactly: global batch k holds the same
 images as in one process (util.loading.GlobalBatchSampler: each process loads its contiguous
@@ -48,9 +50,10 @@ from tqdm import tqdm
 import clip_vit
 import data
 from losses import alignment, slerp_augment, uniformity
-from util import checkpoint, cli
+from util import calibration, checkpoint, cli
 from util.distributed import Processes, gather_batch, processes, rank_zero_first, torchrun_env
 from util.layouts import FFPP_SOURCES, Video, load_videos
+from util.precision import PRECISIONS, autocast, resolve_precision
 from util.loading import GlobalBatchSampler, split_sizes
 from util.run import Interrupted, Meter, NonFiniteLoss, RunError, RunFolder, resumed_config, rng_state, set_rng_state
 from util.signals import StopRequested, StopSignals
@@ -86,6 +89,8 @@ class TrainConfig:
     epochs: int = field(default=10, metadata={"min": 1, "help": "passes over the training frames"})
     seed: int = field(default=42, metadata={"help": "seeds the head, the epoch orders, augmentations and slerp"})
     device: str = field(default="auto", metadata={"help": "auto | cuda | cpu | cuda:1 ..."})
+    precision: str = field(default="auto", metadata={"choices": PRECISIONS, "help": "auto: bf16 autocast on CUDA "
+                           "and on a CPU with native bf16 (AMX), else fp32; a run records what it trained with"})
     # run bookkeeping
     out: str = field(default="runs", metadata={"help": "parent folder of run folders"})
     name: str = field(default="", metadata={"help": "run folder name (default: a timestamp)"})
@@ -187,8 +192,8 @@ def agree(finite: torch.Tensor, signum: int, distributed: bool) -> tuple[bool, i
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-               shares: list[int] | None, generator: torch.Generator, lr: float, cfg: TrainConfig, amp: bool,
-               stop: StopSignals | None = None) -> dict[str, torch.Tensor]:
+               shares: list[int] | None, generator: torch.Generator, lr: float, cfg: TrainConfig,
+               precision: str = "fp32", stop: StopSignals | None = None) -> dict[str, torch.Tensor]:
     """One AdamW step on the global batch (shares: under torchrun, every process's share size);
     returns the loss terms. Before any update: NonFiniteLoss when the loss is NaN/inf,
     StopRequested when `stop` caught a signal (in any process)."""
@@ -196,7 +201,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, images: torch
         group["lr"] = lr
     if shares is not None:
         labels = gather_batch(labels, shares)                          # [B] the global batch's labels
-    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp):
+    with autocast(images.device, precision):                           # bf16 matmuls, fp32 losses
         features, logits = model(images, labels, generator, shares)   # [B, width] slerped, [B, 2]
     loss, parts = objective(features, logits, labels, cfg)            # CE + 0.5 L_unif + 0.1 L_align
     finite, signum = agree(torch.isfinite(loss.detach()), stop.signum if stop else 0, shares is not None)
@@ -243,13 +248,18 @@ def epoch_batches(train_set: data.FrameDataset, order, epoch: int, skip: int, cf
     return sampler, enumerate(loader, skip)
 
 
-def validate(detector: nn.Module, videos: list[Video], device: torch.device, batch_size: int, workers: int) -> dict:
-    """Frame- and video-level AUROC of p_fake (video score = mean of its frames' p_fake)."""
-    frame_p = data.predict(detector, [f for v in videos for f in v.frames], device, batch_size, workers, desc="val")
+def validate(detector: nn.Module, videos: list[Video], device: torch.device, cfg: TrainConfig) -> tuple[dict, dict]:
+    """Frame- and video-level AUROC of p_fake (video score = mean of its frames' p_fake), and the
+    checkpoint entry of the video scores: the reference a verdict is read against (util.calibration)."""
+    frame_p = data.predict(detector, [f for v in videos for f in v.frames], device, cfg.val_batch_size,
+                           cfg.loader_workers, desc="val", precision=cfg.precision)
     video_p = data.video_scores([v.path for v in videos for _ in v.frames], frame_p)
     video_labels, frame_labels = [v.label for v in videos], [v.label for v in videos for _ in v.frames]
-    return {"val_video_auroc": data.compute_metrics(video_labels, [video_p[v.path] for v in videos])["auroc"],
-            "val_frame_auroc": data.compute_metrics(frame_labels, frame_p)["auroc"]}
+    scores = [video_p[v.path] for v in videos]
+    reference = calibration.build_reference(video_labels, scores, calibration.split_source(cfg.dataset, "val"))
+    return ({"val_video_auroc": data.compute_metrics(video_labels, scores)["auroc"],
+             "val_frame_auroc": data.compute_metrics(frame_labels, frame_p)["auroc"]},
+            {calibration.KEY: calibration.reference_entry(reference)})
 
 
 def fmt(x: float | None) -> str:
@@ -279,7 +289,8 @@ def train(cfg: TrainConfig, procs: Processes, stop: StopSignals) -> clip_vit.Dee
     model = TrainForward(detector, cfg.slerp)
     if procs.distributed:
         model = DDP(model, device_ids=[procs.device.index] if procs.device.type == "cuda" else None)
-    amp = procs.device.type == "cuda"  # bf16 autocast on GPU, fp32 on CPU
+    # what the run computes in; config.json records the outcome, so that --resume keeps it
+    cfg.precision, precision_why = resolve_precision(cfg.precision, procs.device)
 
     # the run folder: a new one (never over an existing run), or --resume's state
     run_dir = Path(cfg.resume) if cfg.resume else Path(cfg.out) / (cfg.name or time.strftime("%Y%m%d-%H%M%S"))
@@ -306,9 +317,9 @@ def train(cfg: TrainConfig, procs: Processes, stop: StopSignals) -> clip_vit.Dee
     def save(name: str, **extra) -> None:
         folder.save(name, detector, checkpoint_config(cfg), frozen_sha256=frozen, step=step, **extra)
 
-    def save_last() -> None:  # with what --resume needs
+    def save_last(**extra) -> None:  # with what --resume needs
         save("last.pt", optimizer=optimizer.state_dict(), steps_per_epoch=steps_per_epoch,
-             best_val_video_auroc=best, rng=rng_state())
+             best_val_video_auroc=best, rng=rng_state(), **extra)
 
     bar = tqdm(total=total, initial=step, disable=not procs.main, desc=run_dir.name, dynamic_ncols=True)
     say = bar.write if procs.main else (lambda message: None)
@@ -316,7 +327,8 @@ def train(cfg: TrainConfig, procs: Processes, stop: StopSignals) -> clip_vit.Dee
     say(f"run {run_dir}: {len(train_set)} train frames of {len(train_videos)} videos, {len(val_videos)} val "
         f"videos; {cfg.clip} tuning={cfg.tuning} ({n_trainable:,} trainable), {procs.world} process(es) x "
         f"batch {'/'.join(map(str, sorted(set(share_sizes), reverse=True)))}, {steps_per_epoch} steps/epoch, "
-        f"device {procs.device}" + (f"; resuming at step {step}" if step else "")
+        f"device {procs.device}, precision {cfg.precision} ({precision_why})"
+        + (f"; resuming at step {step}" if step else "")
         + (f"; val AUROC undefined: {val_note}, best.pt = latest epoch" if val_note else ""))
     batches = None  # the epoch's loader
     with bar:  # closed before any message of an exception
@@ -331,7 +343,7 @@ def train(cfg: TrainConfig, procs: Processes, stop: StopSignals) -> clip_vit.Dee
             images, labels = images.to(procs.device, non_blocking=True), labels.to(procs.device, non_blocking=True)
             try:
                 parts = train_step(model, optimizer, images, labels, shares, step_generator(cfg.seed, step), lr,
-                                   cfg, amp, stop)
+                                   cfg, cfg.precision, stop)
             except NonFiniteLoss as e:
                 raise folder.diverged(e, step + 1, epoch) from None
             except StopRequested as e:  # before any update of the step in flight: last.pt at `step`
@@ -351,12 +363,14 @@ def train(cfg: TrainConfig, procs: Processes, stop: StopSignals) -> clip_vit.Dee
                 # latest epoch when it cannot rank), last.pt, the epoch's log line
                 batches = None  # its loader workers stop before validation starts its own
                 record = {"step": step, "epoch": epoch, "epoch_done": True}
+                stored = {}  # the val videos' scores, only in checkpoints of the weights that scored them
                 if procs.main and val_videos:
-                    record.update(validate(detector, val_videos, procs.device, cfg.val_batch_size, cfg.loader_workers))
+                    metrics, stored = validate(detector, val_videos, procs.device, cfg)
+                    record.update(metrics)
                     score = record["val_video_auroc"]
                     if score is not None and (best is None or score > best):
                         best = score
-                        save("best.pt", epoch=epoch, val_video_auroc=score)
+                        save("best.pt", epoch=epoch, val_video_auroc=score, **stored)
                     record["best_val_video_auroc"] = best
                     say(f"epoch {epoch}: val video AUROC {fmt(score)}, best {fmt(best)}")
                 else:  # no ranking: the latest epoch
@@ -364,7 +378,7 @@ def train(cfg: TrainConfig, procs: Processes, stop: StopSignals) -> clip_vit.Dee
                     if val_note:
                         record["val"] = f"val AUROC undefined: {val_note}; best.pt = latest epoch"
                         say(f"epoch {epoch}: {record['val']}")
-                save_last()
+                save_last(**stored)
                 folder.log(record)
                 if procs.distributed:
                     dist.barrier()  # the other processes wait for rank 0's validation and saves

@@ -27,9 +27,11 @@ from util import checkpoint
 def make_tree(root: Path, dataset: str = "ff++", splits=("train", "val"),
               sources=("youtube", "Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"),
               videos_per_source: int = 2, frames: Sequence = (0, 9, 18), size: int = 256,
-              seed: int = 0) -> Path:
+              seed: int = 0, planted: bool = False) -> Path:
     """Writes <root>/<dataset>/<split>/{index.csv, <source>/<video_id>/<frame>.png}. Real crops
-    are bluish noise, fake crops reddish noise with a bright square, so a model can tell them apart."""
+    are bluish noise, fake crops reddish noise with a bright square (value 250, side size/4, at
+    [size/4, size/2) in both axes), so a model can tell them apart. `planted`: fake crops are bluish
+    too and their square lies anywhere in the top-left quadrant: only the square tells them apart."""
     g = torch.Generator().manual_seed(seed)
     for split in splits:
         split_dir = root / dataset / split
@@ -42,9 +44,12 @@ def make_tree(root: Path, dataset: str = "ff++", splits=("train", "val"),
                 folder.mkdir(parents=True, exist_ok=True)
                 for f in frames:
                     img = torch.randint(0, 120, (3, size, size), generator=g, dtype=torch.uint8)
-                    img[2 if label == 0 else 0] += 100
+                    img[2 if label == 0 or planted else 0] += 100
                     if label:
-                        img[:, size // 4: size // 2, size // 4: size // 2] = 250
+                        side = size // 4
+                        y0, x0 = torch.randint(0, size // 2 - side + 1, (2,), generator=g).tolist() \
+                            if planted else (side, side)
+                        img[:, y0:y0 + side, x0:x0 + side] = 250
                     cv2.imwrite(str(folder / f"{f}.png"), img.permute(1, 2, 0).numpy()[:, :, ::-1])
                 rows.append(dict(video_id=vid, source=source, label=label, n_frames=len(frames),
                                  path=f"{source}/{vid}", file=f"videos/{source}/{vid}.mp4"))
@@ -96,9 +101,10 @@ def train_tree(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def fast_flags() -> tuple[str, ...]:
     """train.py flags for runs of seconds on the CPU: the tiny ViT, batch 8, no loader workers, a log
-    line every step, a learning rate that moves the tiny model within a few steps."""
+    line every step, a learning rate that moves the tiny model within a few steps, and fp32 whatever
+    the CPU (auto would take bf16 on one with AMX; the tests compare against fp32 references)."""
     return ("--clip", "tiny", "--batch-size", "8", "--workers", "0", "--log-every", "1", "--lr", "3e-3",
-            "--min-lr", "3e-4")
+            "--min-lr", "3e-4", "--precision", "fp32")
 
 
 @pytest.fixture(scope="session")

@@ -79,3 +79,18 @@ def test_saved_values_are_the_base_and_pass_the_flag_checks(capsys):
     assert e.value.code == 2
     assert "saved.json has n = 0: must be at least 1, got 0; pass --n to override it" in capsys.readouterr().err
     assert parse(["--n", "4"], lambda given: ({"n": 0}, "saved.json")).n == 4  # the way out it names
+
+
+def test_count_or_all():
+    assert cli.count_or_all("all") is None and cli.count_or_all("7") == 7
+    for value, says in (("0", "must be at least 1, got 0"), ("x", "expected a number (at least 1) or 'all', got 'x'")):
+        with pytest.raises(argparse.ArgumentTypeError, match=says.replace("(", r"\(").replace(")", r"\)")):
+            cli.count_or_all(value)
+
+
+def test_watched_list_drives_a_progress_bar_on_each_pass(monkeypatch):
+    bars = []
+    monkeypatch.setattr(cli, "tqdm", lambda items, **kwargs: bars.append(kwargs) or items)
+    frames = cli.Watched(["a", "b", "c"], "clip.mp4")
+    assert [f for f in frames] == ["a", "b", "c"] and frames[1] == "b" and len(frames) == 3
+    assert isinstance(frames, list) and [(b["total"], b["desc"], b["unit"]) for b in bars] == [(3, "clip.mp4", "frame")]

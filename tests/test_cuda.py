@@ -86,7 +86,7 @@ def test_ln_tuning_step_changes_only_layernorms_and_head():
     images = random_images(8, CUDA)
     labels = torch.tensor([0, 1, 1, 1, 0, 1, 1, 1], device=CUDA)  # two of each class: slerp mixes both
     parts = train.train_step(forward, optimizer, images, labels, shares=None, generator=train.step_generator(cfg.seed, 0),
-                             lr=cfg.lr, cfg=cfg, amp=True)  # bf16 autocast, as train.py on CUDA
+                             lr=cfg.lr, cfg=cfg, precision="bf16")  # bf16 autocast, as train.py on CUDA
     assert torch.isfinite(parts["loss"]).item()
     changed = {name for name, p in detector.named_parameters() if not torch.equal(p.detach(), before[name])}
     assert changed == expected
@@ -125,7 +125,7 @@ try:
     # shares: the torchrun path (features and labels gathered, flags all-reduced), through NCCL;
     # the backward's gradient all-reduce goes through NCCL too
     parts = train.train_step(model, optimizer, images, labels, shares=[8], generator=train.step_generator(cfg.seed, 0),
-                             lr=cfg.lr, cfg=cfg, amp=True)
+                             lr=cfg.lr, cfg=cfg, precision="bf16")
     torch.cuda.synchronize()
     print("loss", parts["loss"].item())
 finally:

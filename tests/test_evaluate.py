@@ -9,6 +9,7 @@ import csv
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -25,7 +26,7 @@ import _video_utils as U
 import clip_vit
 from data import compute_metrics, video_scores
 import evaluate
-from util import checkpoint, files, layouts
+from util import calibration, checkpoint, files, layouts, perturb, stats
 from util.tokenizer import Tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,11 +144,11 @@ def test_video_aggregation_is_mean_of_frames():
 # ----------------------------------------------------------------------------- benchmarks
 
 def direct_p_fake(ckpt: Path, crops: list) -> np.ndarray:
-    """p_fake of crop files computed without evaluate.py's loader."""
+    """p_fake of crop files (or RGB arrays) computed without evaluate.py's loader."""
     det = clip_vit.load_detector(str(ckpt)).eval()
     tf = clip_vit.image_transform(224)
-    x = torch.stack([tf(torch.from_numpy(cv2.imread(str(f))[:, :, ::-1].copy()).permute(2, 0, 1))
-                     for f in crops])
+    rgb = [f if isinstance(f, np.ndarray) else cv2.imread(str(f))[:, :, ::-1].copy() for f in crops]
+    x = torch.stack([tf(torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)) for a in rgb])
     with torch.no_grad():
         return torch.softmax(det(x), -1)[:, 1].double().numpy()
 
@@ -190,7 +191,9 @@ def test_benchmark_one_dataset_outputs_consistent(make_split, tmp_path, tiny_ckp
     line = next(l for l in printed.splitlines() if l.startswith("| CDFv2 | video |"))
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[2:5] == ["5", "2", "3"]
-    assert cells[5] == f"{100 * expect['auroc']:.2f}" and cells[7] == f"{100 * expect['eer']:.2f}"
+    lo, hi = res["video"]["auroc_ci"]
+    assert cells[5] == f"{100 * expect['auroc']:.2f} [{100 * lo:.2f}, {100 * hi:.2f}]"
+    assert cells[7] == f"{100 * expect['eer']:.2f}"
     assert (out / "cdfv2-summary.md").read_text().strip() in printed
 
     roc = cv2.imread(res["files"]["roc"])
@@ -225,9 +228,9 @@ def test_benchmark_all_missing_one_class_newest_run(make_split, tmp_path, tiny_c
     assert head.split("|")[2:8] == [" CDFv2 ", " DFD ", " DFDC ", " FFIW ", " DSv1 ", " mean "]
     row = [l for l in table.splitlines() if l.startswith("| new/best.pt |")][0]
     cells = [c.strip() for c in row.strip("|").split("|")]
-    cdf = summary["results"]["cdfv2"]["video"]["auroc"]
-    assert cells[1:7] == [f"{100 * cdf:.2f}", "missing", "n/a", "missing", "missing",
-                          f"{100 * cdf:.2f} (1/5)"]
+    cdf, (lo, hi) = summary["results"]["cdfv2"]["video"]["auroc"], summary["results"]["cdfv2"]["video"]["auroc_ci"]
+    assert cells[1:7] == [f"{100 * cdf:.2f} [{100 * lo:.2f}, {100 * hi:.2f}]", "missing", "n/a", "missing",
+                          "missing", f"{100 * cdf:.2f} (1/5)"]
     assert "missing (not preprocessed): DFD, FFIW, DSv1" in table
     # one class: AUROC/AP/EER undefined with the reason, accuracy still given
     dfdc = summary["results"]["dfdc"]["video"]
@@ -251,6 +254,212 @@ def test_missing_or_empty_data_dir_says_layout_and_command(tmp_path, tiny_ckpt):
         assert "cdfv2/test/index.csv" in msg and "python preprocess.py --dataset cdfv2" in msg
     with pytest.raises(SystemExit, match="preprocess.py --dataset ff\\+\\+ --compression c40 "):
         evaluate.main(["--dataset", "ff++-c40", "--checkpoint", str(tiny_ckpt), "--data", str(tmp_path)])
+
+
+# ----------------------------------------------------------------------------- the researcher's report
+
+FULL = {"clip": "tiny", "normalize": True, "norm": True, "tuning": "ln", "uniformity": 0.5, "alignment": 0.1,
+        "slerp": True}
+LN_NORM = {**FULL, "uniformity": 0, "alignment": 0, "slerp": False}  # the paper's "LN-tuning + L2 norm"
+
+
+def write_ckpt(path: Path, config: dict, seed: int = 1) -> Path:
+    """A tiny detector whose random head makes p_fake depend on the image, saved with `config`."""
+    detector = clip_vit.build_detector("tiny")
+    with torch.no_grad():
+        detector.head.weight.normal_(0, 5.0, generator=torch.Generator().manual_seed(seed))
+    checkpoint.save_checkpoint(path, detector, config)
+    return path
+
+
+@pytest.fixture
+def report_split(make_split, tmp_path) -> Path:
+    """A cdfv2 test split of 7 real and 7 fake videos of 1-3 frames; returns the --data folder."""
+    data = tmp_path / "data"
+    make_split(data, "cdfv2", [("Celeb-real", 0, f"r{k}", range(1 + k % 3)) for k in range(7)]
+               + [("Celeb-synthesis", 1, f"f{k}", range(1 + (k + 1) % 3)) for k in range(7)])
+    return data
+
+
+def split_truth(data: Path, ckpt: Path, change=lambda rgb, key: rgb) -> SimpleNamespace:
+    """Labels, p_fake and each frame's video of the cdfv2 split computed directly from index.csv and
+    the crops, each crop (RGB) passed through change(rgb, its path under the split) first."""
+    split = data / "cdfv2" / "test"
+    rows = list(csv.DictReader(open(split / "index.csv")))
+    frames = [sorted((split / r["path"]).glob("*.png"), key=lambda p: int(p.stem)) for r in rows]
+    crops = [change(cv2.imread(str(f))[:, :, ::-1].copy(), f"{r['path']}/{f.name}") for r, fs in zip(rows, frames)
+             for f in fs]
+    frame_p = direct_p_fake(ckpt, crops)
+    videos = [r["path"] for r, fs in zip(rows, frames) for _ in fs]
+    per_video = video_scores(videos, frame_p)
+    return SimpleNamespace(labels=np.array([int(r["label"]) for r in rows]),
+                           video_p=np.array([per_video[r["path"]] for r in rows]), frame_p=frame_p, videos=videos,
+                           frame_labels=np.array([int(r["label"]) for r, fs in zip(rows, frames) for _ in fs]))
+
+
+def cell(auroc: float, ci) -> str:
+    return f"{100 * auroc:.2f} [{100 * ci[0]:.2f}, {100 * ci[1]:.2f}]"
+
+
+def test_intervals_and_the_paper_row_beside_for_the_full_method(report_split, tmp_path, capsys):
+    ckpt = write_ckpt(tmp_path / "runs" / "full" / "best.pt", FULL)
+    out = tmp_path / "out"
+    summary = evaluate.main(["--dataset", "cdfv2", "--checkpoint", str(ckpt), "--data", str(report_split),
+                             "--out", str(out), "--workers", "0"])
+    printed = capsys.readouterr().out
+    m = json.load(open(out / "cdfv2" / "metrics.json"))
+    t = split_truth(report_split, ckpt)
+    assert m["video"]["auroc"] == pytest.approx(roc_auc_score(t.labels, t.video_p), abs=1e-12)
+    # the intervals: 2,000 class-stratified resamples of seed 0; frames: whole videos resampled
+    assert m["video"]["auroc_ci"] == pytest.approx(stats.bootstrap_auroc_ci(t.labels, t.video_p, n_boot=2000, seed=0))
+    frame_ci = stats.bootstrap_auroc_ci(t.frame_labels, t.frame_p, t.videos, n_boot=2000, seed=0)
+    assert m["frame"]["auroc_ci"] == pytest.approx(frame_ci)
+    assert frame_ci != pytest.approx(stats.bootstrap_auroc_ci(t.frame_labels, t.frame_p, n_boot=2000, seed=0))
+    for level in ("video", "frame"):
+        lo, hi = m[level]["auroc_ci"]
+        assert lo < m[level]["auroc"] < hi
+        counts = " | ".join(str(m[level][k]) for k in ("n", "n_real", "n_fake"))
+        assert f"| CDFv2 | {level} | {counts} | {cell(m[level]['auroc'], m[level]['auroc_ci'])} |" in printed
+    # the paper's row, its number, the difference and whether it lies in the interval
+    auroc, (lo, hi) = m["video"]["auroc"], m["video"]["auroc_ci"]
+    inside = "yes" if round(100 * lo, 2) <= 96.62 <= round(100 * hi, 2) else "no"
+    assert "The paper's row for full/best.pt: full (LN + norm + UnAl + slerp) (from its config)." in printed
+    assert f"| CDFv2 | {cell(auroc, (lo, hi))} | 96.62 | {100 * auroc - 96.62:+.2f} | {inside} |" in printed
+    assert summary["paper"]["row"] == "full (LN + norm + UnAl + slerp)"
+    assert summary["paper"]["datasets"]["cdfv2"] == pytest.approx(
+        {"paper": 96.62, "diff": 100 * auroc - 96.62, "inside_ci": inside == "yes"})
+    assert json.load(open(out / "cdfv2-summary.json"))["paper"] == summary["paper"]
+    assert (out / "cdfv2-summary.md").read_text().strip() in printed
+
+
+def test_a_config_of_no_row_says_so_and_the_paper_columns_show_a_row(report_split, tmp_path, tiny_ckpt, capsys):
+    summary = evaluate.main(["--dataset", "cdfv2", "--checkpoint", str(tiny_ckpt), "--data", str(report_split),
+                             "--out", str(tmp_path / "none"), "--workers", "0"])
+    printed = capsys.readouterr().out
+    assert ("The paper's row for tiny/best.pt: none: its config (tuning ?, norm on, uniformity ?, alignment ?, "
+            "slerp ?) matches no row of the paper's table; no paper number to compare.") in printed
+    assert "96.62" not in printed and "| paper" not in printed
+    assert summary["paper"] == {"row": None, "why": summary["paper"]["why"], "datasets": {}}
+    # --dataset all: the paper's row beneath the measured one in the paper's columns
+    ckpt = write_ckpt(tmp_path / "runs" / "ln-norm" / "best.pt", LN_NORM)
+    summary = evaluate.main(["--dataset", "all", "--checkpoint", str(ckpt), "--data", str(report_split),
+                             "--out", str(tmp_path / "all"), "--workers", "0"])
+    video = summary["results"]["cdfv2"]["video"]
+    lines = capsys.readouterr().out.splitlines()
+    assert f"| ln-norm/best.pt | {cell(video['auroc'], video['auroc_ci'])} | missing | missing | missing | missing | " \
+           f"{100 * video['auroc']:.2f} (1/5) |" in lines
+    assert "| paper: LN-tuning + L2 norm | 96.21 | 98.18 | 87.82 | 92.72 | 88.81 | 96.21 (1/5) |" in lines
+    assert summary["paper"]["datasets"]["cdfv2"]["paper"] == 96.21
+
+
+def test_compare_a_checkpoint_with_its_copy_and_with_another(report_split, tmp_path, capsys, monkeypatch):
+    runs = tmp_path / "runs"
+    full, ln_norm = write_ckpt(runs / "full" / "best.pt", FULL), write_ckpt(runs / "ln-norm" / "best.pt", LN_NORM, 2)
+    (runs / "copy").mkdir()
+    copy = runs / "copy" / "best.pt"
+    copy.write_bytes(full.read_bytes())
+    monkeypatch.chdir(tmp_path)  # the default --out: eval/compare-<A>-vs-<B>-<dataset>
+    common = ["--dataset", "cdfv2", "--data", str(report_split), "--workers", "0"]
+    same = evaluate.main(["--compare", str(full), str(copy), *common])
+    printed = capsys.readouterr().out
+    assert same["diff"] == 0 and same["p"] == 1.0 and same["auroc_a"] == same["auroc_b"]
+    assert same["ci"][0] <= 0 <= same["ci"][1] and same["bootstrap_ci"][0] <= 0 <= same["bootstrap_ci"][1]
+    assert "A - B: +0.00 [+0.00, +0.00] points, p = 1 (DeLong's paired test; paired bootstrap 95% CI " \
+           "[+0.00, +0.00])" in printed
+    folder = tmp_path / "eval" / "compare-full-best-vs-copy-best-cdfv2"
+    assert json.load(open(folder / "compare.json")) == json.loads(json.dumps(same))
+    assert (folder / "compare.md").read_text().strip() in printed
+
+    other = evaluate.main(["--compare", str(full), str(ln_norm), *common, "--out", str(tmp_path / "other")])
+    lines = capsys.readouterr().out.splitlines()
+    a, b = split_truth(report_split, full), split_truth(report_split, ln_norm)
+    assert other["a"]["auroc"] == pytest.approx(roc_auc_score(a.labels, a.video_p), abs=1e-12)
+    assert other["b"]["auroc"] == pytest.approx(roc_auc_score(a.labels, b.video_p), abs=1e-12)
+    assert other["diff"] == pytest.approx(other["a"]["auroc"] - other["b"]["auroc"]) and other["diff"] != 0
+    expect = stats.paired_comparison(a.labels, a.video_p, b.video_p, n_boot=2000, seed=0)
+    for key in ("ci", "p", "bootstrap_ci"):
+        assert other[key] == pytest.approx(expect[key]), key
+    assert (other["a"]["row"], other["b"]["row"]) == ("full (LN + norm + UnAl + slerp)", "LN-tuning + L2 norm")
+    assert f"| B | {ln_norm} | LN-tuning + L2 norm | {cell(other['b']['auroc'], other['b']['auroc_ci'])} |" in lines
+    saved = list(csv.DictReader(open(tmp_path / "other" / "compare.csv")))
+    assert [float(r["p_fake_b"]) for r in saved] == pytest.approx(b.video_p, abs=1e-5)
+
+
+def test_perturb_table_plot_and_scores_of_perturbed_crops(report_split, tmp_path, tiny_ckpt, capsys):
+    grid = ["jpeg=20", "blur=2", "resize=12", "noise=0.2"]
+    common = ["--dataset", "cdfv2", "--checkpoint", str(tiny_ckpt), "--data", str(report_split), "--workers", "0"]
+    evaluate.main([*common, "--out", str(tmp_path / "plain")])
+    capsys.readouterr()
+    evaluate.main([*common, "--out", str(tmp_path / "out"), "--perturb", *grid])
+    printed = capsys.readouterr().out
+    plain = json.load(open(tmp_path / "plain" / "cdfv2" / "metrics.json"))
+    m = json.load(open(tmp_path / "out" / "cdfv2" / "metrics.json"))
+    rows = m["robustness"]["rows"]
+    assert [(r["perturbation"], r["severity"]) for r in rows] == [("none", None), ("jpeg", 20), ("blur", 2),
+                                                                  ("resize", 12), ("noise", 0.2)]
+    assert rows[0]["video"] == plain["video"] == m["video"]  # the unperturbed row is the plain evaluation
+    assert f"| none | {cell(plain['video']['auroc'], plain['video']['auroc_ci'])} | |" in printed
+    saved = list(csv.DictReader(open(tmp_path / "out" / "cdfv2" / "robustness.csv")))
+    assert list(saved[0]) == ["video_id", "source", "label", "path", "none", *grid]
+    assert [float(v["none"]) for v in saved] == pytest.approx(split_truth(report_split, tiny_ckpt).video_p, abs=1e-5)
+    changed = 0
+    for r in rows[1:]:  # each perturbation applied to every crop directly, noise seeded by the crop's path
+        t = split_truth(report_split, tiny_ckpt, lambda rgb, key, r=r: perturb.apply(
+            r["perturbation"], r["severity"], rgb, perturb.crop_seed(0, key)))
+        label = perturb.label(r["perturbation"], r["severity"])
+        assert [float(v[label]) for v in saved] == pytest.approx(t.video_p, abs=1e-5)
+        assert r["video"]["auroc"] == pytest.approx(roc_auc_score(t.labels, t.video_p), abs=1e-12)
+        assert r["video"]["ap"] == pytest.approx(average_precision_score(t.labels, t.video_p), abs=1e-6)
+        assert r["video"]["auroc_ci"] == pytest.approx(stats.bootstrap_auroc_ci(t.labels, t.video_p, n_boot=2000))
+        change = f"{100 * (r['video']['auroc'] - plain['video']['auroc']) + 0.0:+.2f}"
+        assert f"| {label} | {cell(r['video']['auroc'], r['video']['auroc_ci'])} | {change} |" in printed
+        changed += not np.allclose(t.video_p, [float(v["none"]) for v in saved], atol=1e-3)
+    assert changed == len(grid)  # every perturbation reaches the scores
+    figure = cv2.imread(m["files"]["robustness"])  # what it holds: tests/test_plots.py
+    assert m["files"]["robustness"] == str(tmp_path / "out" / "cdfv2" / "robustness.png")
+    assert figure is not None and (figure < 250).any(axis=2).mean() > 0.02
+    assert evaluate.parse_args(["--dataset", "cdfv2", "--perturb"]).perturb == perturb.DEFAULT_PERTURB
+
+
+def test_bad_report_flags_one_line(report_split, finished, tmp_path, tiny_ckpt, capsys):
+    link = tmp_path / "link.pt"
+    link.symlink_to(tiny_ckpt)
+    cases = [
+        (["--dataset", "cdfv2", "--perturb", "sharpen=2"], "argument --perturb: 'sharpen=2': a perturbation is "
+         "NAME=V1,V2,... with NAME one of jpeg, blur, resize, noise"),
+        (["--perturb", "jpeg=101"],
+         "argument --perturb: 'jpeg=101': jpeg quality must be an integer in 1..100, got 101"),
+        (["--perturb", "blur=1,1"], "argument --perturb: 'blur=1,1': blur=1 is given twice"),
+        (["--video", "v.mp4", "--perturb"], "--perturb goes with --dataset"),
+        (["--compare", str(tiny_ckpt), str(tiny_ckpt), "--dataset", "cdfv2"], "are the same file"),
+        (["--compare", str(tiny_ckpt), str(link), "--dataset", "cdfv2"], "are the same file"),
+        (["--compare", "a.pt", "b.pt"], "--compare scores both models on one split: give --dataset NAME"),
+        (["--compare", "a.pt", "b.pt", "--dataset", "all"], "--compare scores both models on one split"),
+        (["--compare", "a.pt", "b.pt", "--dataset", "cdfv2", "--zero-shot"],
+         "drop --checkpoint, --zero-shot, --perturb"),
+        (["--compare", "a.pt", "b.pt", "--dataset", "cdfv2", "--perturb"], "drop --checkpoint, --zero-shot, --perturb"),
+        (["--compare", "a.pt", "b.pt", "--video", "v.mp4"], "give one of --dataset, --video/--image/--input"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as e:
+            evaluate.parse_args(argv)
+        errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+        assert e.value.code == 2 and len(errors) == 1 and message in errors[0], (argv, errors)
+    # at run time (exit 1): before any scoring, or before any output; the earlier run's files intact
+    before = snapshot(finished)
+    common = ["--data", str(report_split), "--out", str(finished), "--workers", "0"]
+    for argv, message in [
+        (["--compare", str(tiny_ckpt), str(tmp_path / "nope.pt"), "--dataset", "cdfv2"],
+         f"error: checkpoint {tmp_path / 'nope.pt'} not found"),
+        (["--dataset", "cdfv2", "--checkpoint", str(tiny_ckpt), "--perturb", "resize=64"],
+         "error: resize=64: larger than the 48x48 crop"),
+    ]:
+        with pytest.raises(SystemExit) as e:
+            evaluate.main([*argv, *common])
+        assert str(e.value).startswith(message) and "\n" not in str(e.value)
+    assert snapshot(finished) == before
+    r, = run_cli(["--dataset", "cdfv2", "--perturb", "noise=2", "--data", tmp_path])  # the real command line
+    assert_one_line_error(r, "argument --perturb: 'noise=2': noise sigma must be a number in (0, 1], got 2", status=2)
 
 
 # ----------------------------------------------------------------------------- single files
@@ -299,7 +508,10 @@ def test_zero_shot_baseline_same_outputs(make_split, tmp_path, capsys):
     out = tmp_path / "out"
     evaluate.main(["--dataset", "dfd", "--zero-shot", "--clip", "tiny", "--bpe", str(bpe),
                    "--data", str(data), "--out", str(out), "--workers", "0"])
-    assert "zero-shot CLIP tiny" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "zero-shot CLIP tiny" in printed
+    assert "The paper's row for zero-shot CLIP tiny: none: zero-shot CLIP is no row of the paper's table" in printed
+    assert json.load(open(out / "dfd-summary.json"))["paper"]["row"] is None
     res = json.load(open(out / "dfd" / "metrics.json"))
     assert res["model"] == "zero-shot CLIP tiny" and res["video"]["n"] == 4
 
@@ -339,6 +551,7 @@ def test_broken_datasets_listed_in_all_table_not_fatal(make_split, tmp_path, tin
     assert cells[2:5] == ["error", "missing", "error"]  # DFD, DFDC, FFIW
     assert "FFIW: not evaluated" in captured.err and "Traceback" not in captured.err
     assert json.load(open(out / "summary.json"))["failed"] == summary["failed"]
+    assert "The paper's row for tiny/best.pt: none: its config (" in summary["table"]  # not a dataset's error
 
     # one dataset: the same reasons as a one-line error
     for name, reason in (("ffiw", "holds no <frame>.png crops"), ("dfd", "cannot be read")):
@@ -407,17 +620,173 @@ def test_input_folder_mixed_files(tmp_path, tiny_ckpt, capsys):
     assert (crops / "a" / "mine.txt").read_text() == "the user's"
 
 
-def test_file_verdict_names_a_person_judged_differently(capsys):
-    crop = lambda frame: SimpleNamespace(frame=frame)  # noqa: E731
-    tracks = [[crop(0), crop(1), crop(2)], [crop(1)]]
-    rows = evaluate.report(Path("v.mp4"), 4, tracks, [0.2, 0.9])
-    line = capsys.readouterr().out.splitlines()
-    assert line[0] == ("v.mp4: p_fake 0.2000 -> real (3/4 frames with a face; 2 people, score of "
-                       "person 1, the largest; person 2 FAKE)")
-    assert line[1:] == ["    person 1: p_fake 0.2000 -> real (3 frames)",
-                        "    person 2: p_fake 0.9000 -> FAKE (1 frame)"]
-    assert [(r["person"], r["frames_with_face"], r["p_fake"]) for r in rows] == \
-        [(None, 3, 0.2), (1, 3, 0.2), (2, 1, 0.9)]
+# ----------------------------------------------------------------------------- verdicts against a reference
+
+@pytest.fixture
+def calibrated(tmp_path, tiny_ckpt, make_tree) -> SimpleNamespace:
+    """A copy of the tiny checkpoint (its reference is written beside it) and an FF++ val split:
+    2 real and 8 fake videos of 2 crops each."""
+    ckpt = tmp_path / "run" / "best.pt"
+    ckpt.parent.mkdir()
+    shutil.copy(tiny_ckpt, ckpt)
+    data = make_tree(tmp_path / "data", splits=("val",), videos_per_source=2, frames=(0, 3), size=64)
+    return SimpleNamespace(ckpt=ckpt, data=data, flags=["--checkpoint", str(ckpt), "--device", "cpu", "--workers", "0"])
+
+
+def face_image(tmp_path: Path) -> Path:
+    from skimage import data as skdata
+    path = tmp_path / "face.png"
+    cv2.imwrite(str(path), cv2.cvtColor(skdata.astronaut(), cv2.COLOR_RGB2BGR))
+    return path
+
+
+def test_calibrate_then_verdicts_state_the_rank_among_the_reference_and_the_threshold(calibrated, face_video,
+                                                                                      tmp_path, capsys):
+    assert evaluate.main(["--calibrate", "--data", str(calibrated.data), *calibrated.flags]) == []
+    path = calibration.reference_path(calibrated.ckpt)
+    assert f"reference: 2 real and 8 fake FF++ val videos: written to {path}\n" in capsys.readouterr().out
+    videos = layouts.load_videos(calibrated.data, "ff++", "val")  # the val videos' scores, as the paper's
+    means = [direct_p_fake(calibrated.ckpt, v.frames).mean() for v in videos]
+    reference = calibration.load_reference(calibrated.ckpt)
+    assert reference.real.tolist() == pytest.approx(sorted(m for m, v in zip(means, videos) if v.label == 0), abs=1e-6)
+    assert reference.fake.tolist() == pytest.approx(sorted(m for m, v in zip(means, videos) if v.label == 1), abs=1e-6)
+
+    out = tmp_path / "out"  # later runs use it, and name it
+    rows = evaluate.main(["--video", str(face_video), "--out", str(out), *calibrated.flags])
+    printed = capsys.readouterr().out
+    threshold = calibration.Threshold(calibration.eer_threshold(reference), "equal error rate on FF++ val")
+    assert (f"reference: 2 real and 8 fake FF++ val videos ({path}); threshold {threshold.value:.4f} "
+            f"(equal error rate on FF++ val)") in printed
+    verdict = calibration.judge(rows[0]["p_fake"], threshold, reference)
+    line = next(l for l in printed.splitlines() if l.startswith(str(face_video)))
+    assert line == f"{face_video}: {verdict.line()}; 8/8 frames with a face"
+    assert "above " in line and "of the 2 FF++ val real videos; threshold " in line
+    saved = list(csv.DictReader(open(out / "predictions.csv")))
+    assert list(saved[0]) == ["file", "person", "frames_seen", "frames_with_face", "p_fake", "note",  # as before
+                              "threshold", "rank", "p_value"]                                       # at the end
+    assert saved[0]["threshold"] == f"{threshold.value:.6f}" and saved[0]["rank"] == f"{verdict.real_below:.6f}"
+    assert saved[0]["p_value"] == f"{verdict.p_value:.6f}"
+
+    evaluate.main(["--video", str(face_video), "--threshold", "fpr=0.5", *calibrated.flags])
+    assert f"threshold {reference.real[0]:.4f} (50% false alarms on the 2 FF++ val real videos)" in \
+        capsys.readouterr().out
+
+
+def test_reference_stored_by_train_py_and_no_reference(tmp_path, tiny_ckpt, capsys):
+    """best.pt written by train.py carries its reference; a checkpoint without one says 0.5 is uncalibrated."""
+    image = face_image(tmp_path)
+    stored = tmp_path / "best.pt"
+    ckpt = checkpoint.load_checkpoint(tiny_ckpt)
+    torch.save({**ckpt, calibration.KEY: calibration.reference_entry(
+        calibration.build_reference([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]))}, stored)
+    rows = evaluate.main(["--image", str(image), "--checkpoint", str(stored), "--threshold", "0.3", "--device", "cpu"])
+    printed = capsys.readouterr().out
+    assert f"reference: 2 real and 2 fake FF++ val videos (stored in {stored}); threshold 0.3000 (given by --threshold)" \
+        in printed
+    assert "; threshold 0.3000 (given by --threshold); 1/1 frames with a face" in printed
+    assert rows[0]["threshold"] == "0.300000" and rows[0]["rank"] != ""
+    evaluate.main(["--image", str(image), "--checkpoint", str(tiny_ckpt), "--device", "cpu"])
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith(str(image)))
+    assert line.endswith("threshold 0.5000 (uncalibrated: no reference scores for this checkpoint; make them with "
+                         "evaluate.py --calibrate); 1/1 frames with a face")
+
+
+def test_bad_reference_threshold_and_report_folder_are_one_line(calibrated, tmp_path, capsys):
+    image, out = face_image(tmp_path), tmp_path / "out"
+    ckpt, fix = calibrated.ckpt, f"python evaluate.py --calibrate --checkpoint {calibrated.ckpt}"
+    finished = out / "predictions.csv"
+    finished.parent.mkdir()
+    finished.write_text("an earlier run's\n")
+
+    def refused(*argv: str) -> str:
+        with pytest.raises(SystemExit) as e:
+            evaluate.main(["--image", str(image), "--out", str(out), *calibrated.flags, *argv])
+        assert "\n" not in str(e.value) and finished.read_text() == "an earlier run's\n"  # nothing lost
+        return str(e.value)
+
+    message = refused("--threshold", "eer")  # no reference yet
+    assert message.startswith("error: --threshold eer needs reference scores, and this checkpoint has none")
+    evaluate.main(["--calibrate", "--data", str(calibrated.data), *calibrated.flags])
+    path = calibration.reference_path(ckpt)
+    good = path.read_text()
+    path.write_text(good[: len(good) // 2])  # damaged
+    assert refused().startswith(f"error: {path} is a damaged reference file (") and refused().endswith(fix)
+    other = tmp_path / "other.pt"  # a reference made for another model
+    checkpoint.save_checkpoint(other, clip_vit.build_detector("tiny"), {"clip": "tiny", "normalize": True})
+    path.write_text(good)
+    shutil.copy(path, calibration.reference_path(other))
+    with pytest.raises(SystemExit, match=f"^error: {calibration.reference_path(other)} was made for another "
+                                         f"checkpoint \\('best.pt', SHA-256 .*; delete it and make it again"):
+        evaluate.main(["--image", str(image), "--checkpoint", str(other), "--device", "cpu"])
+    blocker = tmp_path / "taken"
+    blocker.write_text("a file where the folder should be")
+    assert refused("--report", str(blocker / "report")) == f"error: cannot write {blocker / 'report'}: Not a directory"
+    with pytest.raises(SystemExit, match="no preprocessed data: .*ff\\+\\+/val/index.csv not found"):
+        evaluate.main(["--calibrate", "--data", str(tmp_path / "nothing"), *calibrated.flags])
+    assert path.read_text() == good  # the reference is kept
+    capsys.readouterr()
+    cases = [(["--threshold", "1.5"], f"argument --threshold: '1.5' is not {calibration.THRESHOLD_HELP}"),
+             (["--threshold", "fpr=1"], "argument --threshold: 'fpr=1' is not a number in [0, 1], 'eer'"),
+             (["--frames", "some"], "argument --frames: expected a number (at least 1) or 'all', got 'some'"),
+             (["--report", "r", "--zero-shot"], "--report maps where a detector's p_fake comes from"),
+             (["--input", str(tmp_path), "--report", str(tmp_path / "r")],
+              "--report inside --input: the next run would score its files as videos and images"),
+             (["--calibrate", "--dataset", "cdfv2"], "--calibrate stores the reference of a --checkpoint"),
+             (["--calibrate", "--zero-shot"], "--calibrate stores the reference of a --checkpoint")]
+    for argv, says in cases:
+        with pytest.raises(SystemExit) as e:
+            evaluate.parse_args(["--image", str(image), *argv] if "--dataset" not in argv else argv)
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert e.value.code == 2 and says in error, error
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--report", "r"])
+    assert "--report goes with --video/--image/--input" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- the report of a file
+
+def test_report_folder_per_file_and_dense_frames(tmp_path, tiny_ckpt, face_video, capsys):
+    image, reports = face_image(tmp_path), tmp_path / "reports"
+    common = ["--image", str(image), "--checkpoint", str(tiny_ckpt), "--report", str(reports), "--device", "cpu"]
+    rows = evaluate.main(["--video", str(face_video), "--frames", "3", *common])
+    assert sorted(p.name for p in (reports / "face").iterdir()) == ["annotated.mp4", "faces.png", "report.json",
+                                                                   "saliency.npz", "timeline.png"]
+    assert sorted(p.name for p in (reports / "face~2").iterdir()) == ["faces.png", "report.json", "saliency.npz",
+                                                                     "timeline.png"]  # an image: no video
+    report = json.loads((reports / "face" / "report.json").read_text())
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith(str(face_video)))
+    assert line == f"{face_video}: {report['verdict']['line']}; 3/3 frames with a face"
+    assert report["frames_seen"] == 3 and [f["frame"] for f in report["persons"][0]["frames"]] == [0, 3, 7]
+    assert report["verdict"]["p_fake"] == pytest.approx(rows[0]["p_fake"])
+    cap = cv2.VideoCapture(str(reports / "face" / "annotated.mp4"))  # the input's frame count and size
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 8 and cap.read()[1].shape == (480, 640, 3)
+    cap.release()
+    with np.load(reports / "face" / "saliency.npz") as maps:
+        assert sorted(maps) == ["person1/frame0", "person1/frame3", "person1/frame7"]
+        assert maps["person1/frame3"].shape == (224, 224) and 0 <= maps["person1/frame3"].min()
+    evaluate.main(["--video", str(face_video), "--frames", "all", *common])
+    report = json.loads((reports / "face" / "report.json").read_text())
+    assert report["frames_seen"] == 8 and len(report["persons"][0]["frames"]) == 8  # every frame: dense
+
+
+def test_video_that_cannot_be_re_read_loses_only_its_annotation(tmp_path, tiny_ckpt, face_video, monkeypatch, capsys):
+    import preprocess
+    video, out = shutil.copy(face_video, tmp_path / "clip.mp4"), tmp_path / "out"
+    read = preprocess.read_frames
+
+    def read_then_damage(path, n_frames):
+        frames = read(path, n_frames)
+        Path(path).write_bytes(b"gone")  # replaced while it was scored
+        return frames
+    monkeypatch.setattr(preprocess, "read_frames", read_then_damage)
+    rows = evaluate.main(["--video", str(video), "--checkpoint", str(tiny_ckpt), "--report", str(tmp_path / "r"),
+                          "--out", str(out), "--device", "cpu"])
+    says = f"{video}: cannot re-read {video} to write annotated.mp4: OpenCV cannot open or decode it now; " \
+           f"the rest of the report is written"
+    assert says in capsys.readouterr().out.splitlines()
+    assert sorted(p.name for p in (tmp_path / "r" / "clip").iterdir()) == ["faces.png", "report.json", "saliency.npz",
+                                                                         "timeline.png"]
+    assert len(list(csv.DictReader(open(out / "predictions.csv")))) == 1 and rows[0]["p_fake"] is not None
 
 
 # ----------------------------------------------------------------------------- flags
@@ -644,7 +1013,7 @@ def test_torchrun_two_cpu_ranks_same_outputs_as_one_process(make_split, tmp_path
                                ("Celeb-real", 0, "e", [3, 4]), ("Celeb-synthesis", 1, "c", [0, 2]),
                                ("Celeb-synthesis", 1, "d", [5, 6, 7, 8])])
     common = ["--dataset", "cdfv2", "--checkpoint", str(tiny_ckpt), "--data", str(data),
-              "--workers", "0", "--device", "cpu", "--batch-size", "3"]
+              "--workers", "0", "--device", "cpu", "--batch-size", "3", "--perturb", "jpeg=50", "noise=0.1"]
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                         f"--master_port={U.free_port()}", "evaluate.py", *common, "--out", str(tmp_path / "multi")],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
@@ -668,3 +1037,11 @@ def test_torchrun_two_cpu_ranks_same_outputs_as_one_process(make_split, tmp_path
     assert sorted(p.name for p in (tmp_path / "multi").iterdir()) == \
         ["cdfv2", "cdfv2-summary.json", "cdfv2-summary.md"]
     assert (tmp_path / "multi" / "cdfv2" / "roc.png").is_file()
+    # --perturb: the crops shared over the ranks, each perturbed as in one process (noise by its path)
+    perturbed = [list(csv.DictReader(open(folder / "cdfv2" / "robustness.csv"))) for folder in
+                 (tmp_path / "single", tmp_path / "multi")]
+    for a, b in zip(*perturbed):
+        for key in ("jpeg=50", "noise=0.1"):
+            assert float(a[key]) == pytest.approx(float(b[key]), abs=1e-6 + 2 * 0.5e-6)
+    assert [r["video"]["auroc"] for r in m1["robustness"]["rows"]] == \
+        [r["video"]["auroc"] for r in m2["robustness"]["rows"]]

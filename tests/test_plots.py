@@ -64,3 +64,28 @@ def test_png_decodes_to_the_figure_size_with_something_drawn():
     assert (img < 250).any(axis=2).mean() > 0.02  # not a blank canvas
     # the run's line in matplotlib's first colour (tab:blue, BGR 180 119 31) is in the picture
     assert (np.abs(img.astype(int) - (180, 119, 31)).sum(axis=2) < 30).sum() > 100
+
+
+def test_robustness_figure_lines_from_the_unperturbed_point():
+    def row(name, severity, auroc, lo, hi):
+        return {"perturbation": name, "severity": severity, "video": {"auroc": auroc, "auroc_ci": [lo, hi]}}
+    rows = [row("none", None, 0.90, 0.85, 0.95),
+            row("jpeg", 30, 0.70, 0.60, 0.80), row("jpeg", 90, 0.88, 0.83, 0.93),  # given strong first
+            row("blur", 1.0, 0.86, 0.80, 0.91)]
+    fig = plots.robustness_figure(rows, "CDFv2 test - full/best.pt, perturbed")
+    ax = fig.axes[0]
+    assert legend(fig) == ["unperturbed: 90.00%", "jpeg (quality 90, 30)", "blur (sigma 1)"]
+    assert ax.get_ylabel() == "video AUROC (%)" and list(ax.get_xticks()) == [0, 1, 2]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    clean, jpeg, blur = (lines[name] for name in legend(fig))
+    assert list(clean.get_ydata()) == pytest.approx([90, 90])
+    assert [(line.get_xdata()[0], line.get_ydata()[0]) for line in ax.get_lines() if line.get_marker() == "*"] \
+        == [(0, pytest.approx(90))]
+    # from the unperturbed value, mild (quality 90) to strong (30); nudged sideways, in order
+    assert list(jpeg.get_ydata()) == pytest.approx([90, 88, 70]) and list(blur.get_ydata()) == pytest.approx([90, 86])
+    assert np.diff(jpeg.get_xdata()) == pytest.approx([1, 1]) and jpeg.get_xdata()[0] < 0 < blur.get_xdata()[0]
+    # the intervals: error bars from lo to hi at each perturbed point
+    bars = [[tuple(s[:, 1]) for s in c.get_segments()] for c in ax.collections]
+    assert bars == [[pytest.approx((83, 93)), pytest.approx((60, 80))], [pytest.approx((80, 91))]]
+    one_class = [{**rows[0], "video": {"auroc": None, "auroc_ci": None}}] + rows[1:]
+    assert plots.robustness_figure(one_class, "one class") is None

@@ -20,7 +20,7 @@ import _video_utils as U
 import clip_vit
 import train
 import util.run
-from util import checkpoint
+from util import calibration, checkpoint
 from util.layouts import load_videos
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -103,6 +103,25 @@ def test_ln_tuning_learns_and_changes_only_layernorms_and_head(train_tree, fast_
     assert all(torch.equal(v, end_sd[k]) for k, v in reloaded.state_dict().items())
 
 
+def test_bf16_run_records_its_precision_and_resumes_bitwise(small, fast_flags, tmp_path, capsys):
+    """bf16 autocast on the CPU (native or not: the arithmetic is the same): config.json and every
+    checkpoint record the precision, --resume keeps it without being told, and the resumed run
+    ends with bitwise the weights of the uninterrupted one."""
+    bf16 = (*fast_flags, "--precision", "bf16", "--epochs", "2")
+    run(small, tmp_path, *bf16, "--name", "full")
+    assert "precision bf16 (asked for" in capsys.readouterr().out.splitlines()[0]  # the first line
+    run(small, tmp_path, *bf16, "--name", "cut", "--stop-after", "4")
+    train.main(["--resume", str(tmp_path / "cut")])
+    assert json.loads((tmp_path / "cut" / "config.json").read_text())["precision"] == "bf16"
+    a, b = (torch.load(tmp_path / name / "last.pt", weights_only=True) for name in ("full", "cut"))
+    assert a["config"]["precision"] == b["config"]["precision"] == "bf16" and a["step"] == b["step"]
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    # auto is recorded as what it resolved to, so that a resume elsewhere computes the same way
+    run(small, tmp_path, *fast_flags, "--precision", "auto", "--epochs", "1", "--name", "auto", "--stop-after", "1")
+    assert json.loads((tmp_path / "auto" / "config.json").read_text())["precision"] in ("fp32", "bf16")
+
+
 def test_interrupted_and_resumed_run_is_bitwise_identical(small, fast_flags, tmp_path):
     run(small, tmp_path, *fast_flags, "--epochs", "2", "--name", "full")
     with pytest.raises(SystemExit, match="already holds a run"):
@@ -115,12 +134,15 @@ def test_interrupted_and_resumed_run_is_bitwise_identical(small, fast_flags, tmp
     for cut in (4, 3):  # in the middle of epoch 1; exactly at the end of epoch 0
         name = f"cut{cut}"
         run(small, tmp_path, *fast_flags, "--epochs", "2", "--name", name, "--stop-after", str(cut))
-        assert torch.load(tmp_path / name / "last.pt", weights_only=True)["step"] == cut
+        stopped = torch.load(tmp_path / name / "last.pt", weights_only=True)
+        assert stopped["step"] == cut
+        # the val videos' scores belong to the weights that scored them: only at an epoch's end (3 steps)
+        assert (calibration.KEY in stopped) == (cut == 3)
         train.main(["--resume", str(tmp_path / name)])  # config.json holds the rest
         for file in ("last.pt", "best.pt"):
             a = torch.load(tmp_path / "full" / file, weights_only=True)
             b = torch.load(tmp_path / name / file, weights_only=True)
-            assert a["step"] == b["step"]
+            assert a["step"] == b["step"] and a[calibration.KEY] == b[calibration.KEY]
             for k in a["state_dict"]:
                 assert torch.equal(a["state_dict"][k], b["state_dict"][k]), (cut, file, k)
         a, b = (torch.load(tmp_path / r / "last.pt", weights_only=True)["optimizer"]["state"] for r in ("full", name))
@@ -225,6 +247,23 @@ def finished(train_tree, fast_flags, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("runs")
     train.main(["--data", str(train_tree), "--out", str(out), *fast_flags, "--epochs", "1", "--name", "done"])
     return out / "done"
+
+
+def test_checkpoints_carry_the_val_videos_scores_as_the_reference(finished, train_tree):
+    """best.pt and last.pt written after validation hold the val videos' scores of their weights,
+    in plain types (weights_only=True loads them): the reference evaluate.py reads a verdict against."""
+    import data
+    val = load_videos(train_tree, "ff++", "val")
+    detector = clip_vit.load_detector(finished / "best.pt")
+    video_p = data.video_scores([v.path for v in val for _ in v.frames],
+                                data.predict(detector, [f for v in val for f in v.frames], torch.device("cpu")))
+    for name in ("best.pt", "last.pt"):
+        entry = torch.load(finished / name, weights_only=True)[calibration.KEY]
+        assert entry["format"] == calibration.FORMAT and entry["source"] == "FF++ val"
+        for part, label in (("real", 0), ("fake", 1)):
+            assert entry[part] == pytest.approx(sorted(video_p[v.path] for v in val if v.label == label), abs=1e-6)
+    reference = calibration.load_reference(finished / "best.pt")
+    assert reference.describe() == f"reference: 2 real and 8 fake FF++ val videos (stored in {finished / 'best.pt'})"
 
 
 def start(*args: str, **kwargs) -> subprocess.Popen:

@@ -5,13 +5,17 @@
     python -m tools.bench --device cuda --batch-size 64    # a smaller batch
     python -m tools.bench --parts forward,train_step       # a subset
     python -m tools.bench --parts preprocess --frames 8 --preprocess-videos 1   # a quick look
+    python -m tools.bench --parts forward,video    # CPU: fp32 against bf16, ours against OpenAI's
     python -m pytest -q tests/test_bench.py tests/test_cuda.py   # test_cuda: skipped without a GPU
 
-On the CPU: batch 8, fp32 (bf16 is 6-8x slower there), each training step in a fresh process.
+On the CPU: batch 8, each training step in a fresh process; --precision auto (the default) takes
+bf16 where the processor multiplies bf16 natively (util.precision), as train.py and evaluate.py do.
 
 Parts (JSON keys):
   forward     ViT-L/14 image tower (random weights), images/s and achieved FLOP/s as a fraction of
-              the FLOP/s of one large GEMM measured in the same run (fp32 on CPU, bf16 on CUDA).
+              the FLOP/s of one large GEMM in the same precision, measured in the same run; beside it
+              OpenAI's own tower (the openai-clip wheel) on the same weights under the same autocast.
+              On the CPU both precisions (`precisions`: fp32, bf16), `forward` = the run's; CUDA: bf16.
   train_step  one LN-tuning step of train.py (its train_step: forward, slerp, losses, backward,
               AdamW) at train_step.batch_size (CUDA: 128, the paper's), with and
               without gradient checkpointing: images/s, peak memory, ratio to the forward time.
@@ -27,6 +31,8 @@ Parts (JSON keys):
               synthetic 720p videos of scikit-image's astronaut photo: small_faces (dlib box ~70 px),
               typical_faces (~180-200 px) and two_faces (two people, ~190 and ~150 px; `people`:
               found per video).
+  video       whole `python evaluate.py --video` runs on a synthetic 720p clip of --frames frames
+              (start-up included): fp32, bf16, and --report (saliency maps + report folder).
   bottleneck  (train_step + data) whether the loader or the GPU/CPU limits the paper's recipe,
               and how many workers the loader would need when it is the slower one.
   recipe_minutes  (train_step) 10 epochs x 115,200 FF++ c23 training frames at the measured
@@ -51,14 +57,18 @@ import cv2
 import numpy as np
 import torch
 
+from torch import nn
+
 import clip_vit as cv
 import data
 import train
+from util import checkpoint
 from util.cli import at_least, device_flag
 from util.layouts import Video
+from util.precision import PRECISIONS, autocast, resolve_precision
 
 VIT_L14_FLOPS = 162.2e9  # one 224x224 image through the ViT-L/14 image tower (2 FLOPs per multiply-add)
-PARTS = ("forward", "train_step", "preprocess", "data")
+PARTS = ("forward", "train_step", "preprocess", "data", "video")
 FFPP_TRAIN_VIDEOS = 720  # per source in FF++'s official train split (x 5 sources x 32 frames = 115,200)
 HERE = Path(__file__).resolve().parent.parent  # the scripts' folder
 # astronaut photo scales per face: a dlib box of ~70 px, ~180-200 px, and two people (~190 and ~150 px)
@@ -89,14 +99,9 @@ def timed(fn, device: torch.device, repeat: int) -> float:
     return min(times)
 
 
-def autocast(device: torch.device):
-    # bf16 on CUDA as train.py; fp32 on the CPU, where bf16 runs 6-8x slower
-    return torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
-
-
-def gemm_flops(device: torch.device, n: int) -> float:
-    """FLOP/s of one large square GEMM in the dtype the model runs in: the device's practical peak."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+def gemm_flops(device: torch.device, n: int, precision: str) -> float:
+    """FLOP/s of one large square GEMM in `precision`: the device's practical peak for it."""
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
     return 2 * n ** 3 / timed(lambda: a @ b, device, repeat=5 if device.type == "cpu" else 50)
 
@@ -109,19 +114,68 @@ def build(model: str, device: torch.device) -> cv.DeepfakeDetector:
     return cv.DeepfakeDetector(visual).to(device)
 
 
-def bench_forward(detector: cv.DeepfakeDetector, device: torch.device, batch: int, repeat: int,
-                  gemm: float) -> dict:
+def bench_forward(detector: nn.Module, device: torch.device, batch: int, repeat: int, gemm: float,
+                  precision: str) -> dict:
+    """evaluate.py's forward (data.predict's autocast) in `precision`."""
     images = torch.randn(batch, 3, 224, 224, device=device)         # [B, 3, 224, 224]
     detector.eval()
-    with torch.inference_mode(), autocast(device):
+    with torch.inference_mode(), autocast(device, precision):
         seconds = timed(lambda: detector(images), device, repeat)
     flops = VIT_L14_FLOPS * batch / seconds
-    return {"images_per_s": batch / seconds, "seconds": seconds, "batch_size": batch,
-            "dtype": "bfloat16" if device.type == "cuda" else "float32", "tflop_per_s": flops / 1e12,
+    return {"images_per_s": batch / seconds, "seconds": seconds, "batch_size": batch, "precision": precision,
+            "dtype": "bfloat16" if precision == "bf16" else "float32", "tflop_per_s": flops / 1e12,
             "gemm_tflop_per_s": gemm / 1e12, "gemm_fraction": flops / gemm}
 
 
-def train_step_seconds(model: str, device: torch.device, batch: int, repeat: int, checkpointing: bool) -> dict:
+def openai_tower(detector: cv.DeepfakeDetector) -> nn.Module | None:
+    """The peer: OpenAI's own VisionTransformer (the openai-clip wheel, a test dependency) holding the
+    same weights; None when the wheel is not installed. Its file is imported by path: the package's
+    __init__ needs pkg_resources, gone from setuptools."""
+    import importlib.util
+    import sysconfig
+    path = Path(sysconfig.get_paths()["purelib"]) / "clip" / "model.py"
+    if not path.is_file():
+        return None
+    spec = importlib.util.spec_from_file_location("openai_clip_model", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    v = detector.visual
+    tower = module.VisionTransformer(v.input_resolution, v.conv1.kernel_size[0], v.width, len(v.transformer.resblocks),
+                                     v.width // 64, v.proj.shape[1] if v.proj is not None else v.width)
+    state = v.state_dict() | ({} if v.proj is not None else {"proj": torch.eye(v.width)})
+    tower.load_state_dict(state)
+    return tower.to(next(v.parameters()).device)
+
+
+def peer_forward(detector: cv.DeepfakeDetector, device: torch.device, batch: int, repeat: int,
+                 precision: str) -> dict:
+    """OpenAI's tower on the same weights and input, under the same autocast (as its users run it)."""
+    tower = openai_tower(detector)
+    if tower is None:
+        return {"error": "openai-clip is not installed (pip install -r requirements-dev.txt)"}
+    images = torch.randn(batch, 3, 224, 224, device=device)         # [B, 3, 224, 224]
+    with torch.inference_mode(), autocast(device, precision):
+        seconds = timed(lambda: tower(images), device, repeat)
+    return {"images_per_s": batch / seconds, "seconds": seconds}
+
+
+def bench_precisions(detector: cv.DeepfakeDetector, device: torch.device, batch: int, repeat: int,
+                     precisions: list[str], gemm_side: int) -> dict:
+    """For each precision: the GEMM's FLOP/s, our forward as a share of it, and OpenAI's forward on the
+    same weights (the ratio holds precision for precision)."""
+    out = {}
+    for precision in precisions:
+        r = bench_forward(detector, device, batch, repeat, gemm_flops(device, gemm_side, precision), precision)
+        peer = peer_forward(detector, device, batch, repeat, precision)
+        r["peer"] = peer
+        if "error" not in peer:
+            r["ratio_to_peer"] = r["images_per_s"] / peer["images_per_s"]
+        out[precision] = r
+    return out
+
+
+def train_step_seconds(model: str, device: torch.device, batch: int, repeat: int, checkpointing: bool,
+                       precision: str = "fp32") -> dict:
     """One training step of train.py with the paper's recipe (its train_step, TrainForward and
     objective: features -> slerp -> head -> CE + uniformity + alignment -> backward -> AdamW), best
     of `repeat`, and the peak memory above the model's own."""
@@ -135,9 +189,9 @@ def train_step_seconds(model: str, device: torch.device, batch: int, repeat: int
     images = torch.randn(batch, 3, 224, 224, device=device)                   # [B, 3, 224, 224]
     labels = (torch.arange(batch, device=device) % 5 > 0).long()  # [B], 4 fake : 1 real, as FF++
 
-    def step():  # train.py's own step: bf16 autocast on CUDA, the loss-is-finite check, AdamW
+    def step():  # train.py's own step: its autocast, the loss-is-finite check, AdamW
         train.train_step(forward, optimizer, images, labels, shares=None, generator=train.step_generator(cfg.seed, 0),
-                         lr=cfg.lr, cfg=cfg, amp=device.type == "cuda")
+                         lr=cfg.lr, cfg=cfg, precision=precision)
 
     if device.type == "cuda":
         base = torch.cuda.memory_allocated(device)
@@ -182,41 +236,43 @@ def resident_bytes() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def train_step_in_process(model: str, device: torch.device, batch: int, repeat: int, checkpointing: bool) -> dict:
+def train_step_in_process(model: str, device: torch.device, batch: int, repeat: int, checkpointing: bool,
+                          precision: str) -> dict:
     """CUDA: in this process, the freed memory of the previous run returned first. A batch that
     does not fit is a result ("error"), not a crash: the checkpointed run may still fit."""
     torch.cuda.empty_cache()
     try:
-        return train_step_seconds(model, device, batch, repeat, checkpointing)
+        return train_step_seconds(model, device, batch, repeat, checkpointing, precision)
     except torch.cuda.OutOfMemoryError:
         return {"error": f"CUDA out of memory at batch {batch}"}
     finally:
         torch.cuda.empty_cache()
 
 
-def train_step_subprocess(model: str, batch: int, repeat: int, checkpointing: bool) -> dict:
+def train_step_subprocess(model: str, batch: int, repeat: int, checkpointing: bool, precision: str) -> dict:
     """CPU: a fresh process, since the process's peak resident memory is the only honest peak there
     (freed memory is not returned)."""
     code = (f"import json, torch; from tools import bench; print(json.dumps(bench.train_step_seconds({model!r}, "
-            f"torch.device('cpu'), {batch}, {repeat}, {checkpointing})))")
+            f"torch.device('cpu'), {batch}, {repeat}, {checkpointing}, {precision!r})))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=HERE)
     if out.returncode != 0:  # its traceback, not only "exit status 1"
         raise BenchError(f"the training step failed in its own process:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_train_step(model: str, device: torch.device, batch: int, repeat: int, forward_seconds: float) -> dict:
+def bench_train_step(model: str, device: torch.device, batch: int, repeat: int, forward_seconds: float,
+                     precision: str) -> dict:
     """With and without gradient checkpointing; the plain step's figures at the top level."""
     result = {}
     for checkpointing in (False, True):
         if device.type == "cuda":
-            r = train_step_in_process(model, device, batch, repeat, checkpointing)
+            r = train_step_in_process(model, device, batch, repeat, checkpointing, precision)
         else:
-            r = train_step_subprocess(model, batch, repeat, checkpointing)
+            r = train_step_subprocess(model, batch, repeat, checkpointing, precision)
         if "error" not in r:
             r = {"images_per_s": batch / r["seconds"], "ratio_to_forward": r["seconds"] / forward_seconds, **r}
         result["checkpointing" if checkpointing else "plain"] = r
-    return {"batch_size": batch, **result["plain"], "checkpointing": result["checkpointing"]}
+    return {"batch_size": batch, "precision": precision, **result["plain"], "checkpointing": result["checkpointing"]}
 
 
 # ----------------------------------------------------------------------------- data loading
@@ -407,6 +463,53 @@ def preprocess_case(zooms: tuple[float, ...], n_videos: int, n_frames: int, repe
             "speedup": reference_seconds / seconds}
 
 
+# ----------------------------------------------------------------------------- any video: evaluate.py --video
+
+def video_checkpoint(folder: Path, model: str) -> Path:
+    """A checkpoint in train.py's format on a random tower (the figures are speeds, not scores): for
+    ViT-L/14 its weights are written as the plain state dict the checkpoint names as its CLIP."""
+    detector = build(model, torch.device("cpu"))
+    cv.set_trainable(detector, "ln")
+    clip = "tiny"
+    if model == "vit-l-14":
+        clip = str(folder / "vit-l-14.pt")
+        torch.save({"visual." + k: v for k, v in detector.visual.state_dict().items()}, clip)
+    checkpoint.save_checkpoint(folder / "best.pt", detector, {"clip": clip, "normalize": True})
+    return folder / "best.pt"
+
+
+def video_run(video: Path, ckpt: Path, n_frames: int, precision: str, report: Path | None) -> float:
+    """Seconds of one whole `python evaluate.py --video` run on the CPU, start-up included."""
+    command = [sys.executable, "evaluate.py", "--video", str(video), "--checkpoint", str(ckpt), "--device", "cpu",
+               "--frames", str(n_frames), "--precision", precision] + (["--report", str(report)] if report else [])
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, cwd=HERE)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise BenchError(f"`{' '.join(command)}` failed ({done.returncode}): {tail[0]}")
+    return time.perf_counter() - start
+
+
+def bench_video(model: str, n_frames: int, precision: str) -> dict:
+    """evaluate.py --video on a synthetic 720p clip: fp32, bf16, and with --report (saliency maps and
+    the report folder) in the run's precision."""
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        video = synthetic_720p_video(tmp / "clip.mp4", n_frames, (2.0,))
+        ckpt = video_checkpoint(tmp, model)
+        seconds = {p: video_run(video, ckpt, n_frames, p, None) for p in ("fp32", "bf16")}
+        seconds["report"] = video_run(video, ckpt, n_frames, precision, tmp / "report")
+    return {"frames": n_frames, "model": model, "seconds": seconds, "report_precision": precision,
+            "bf16_speedup": seconds["fp32"] / seconds["bf16"], "report_cost": seconds["report"] / seconds[precision]}
+
+
+def video_rows(v: dict) -> list[str]:
+    s = v["seconds"]
+    return [f"| `evaluate.py --video`, {v['frames']}-frame 720p clip ({v['model']}) | fp32 {s['fp32']:.1f} s, bf16 "
+            f"{s['bf16']:.1f} s (**{v['bf16_speedup']:.2f}x**); with `--report` ({v['report_precision']}) "
+            f"{s['report']:.1f} s ({v['report_cost']:.2f}x) |"]
+
+
 # ----------------------------------------------------------------------------- bottleneck, recipe
 
 def paper_step(step: dict) -> dict:
@@ -488,10 +591,14 @@ def preprocess_rows(p: dict) -> list[str]:
 
 def table(results: dict) -> str:
     rows = ["| part | figure |", "|---|---|"]
-    if f := results.get("forward"):
-        rows.append(f"| forward ({f['dtype']}, batch {f['batch_size']}) | {f['images_per_s']:.2f} images/s, "
-                    f"{f['tflop_per_s']:.3f} TFLOP/s = {100 * f['gemm_fraction']:.0f}% of a GEMM's "
-                    f"{f['gemm_tflop_per_s']:.3f} TFLOP/s |")
+    for f in results.get("precisions", {}).values():
+        peer = f["peer"].get("error") or (f"OpenAI's tower {f['peer']['images_per_s']:.2f} images/s: "
+                                          f"**{f['ratio_to_peer']:.2f}x**")
+        rows.append(f"| forward ({f['precision']}, batch {f['batch_size']}) | {f['images_per_s']:.2f} images/s, "
+                    f"{f['tflop_per_s']:.3f} TFLOP/s = {100 * f['gemm_fraction']:.0f}% of a {f['precision']} GEMM's "
+                    f"{f['gemm_tflop_per_s']:.3f} TFLOP/s; {peer} |")
+    if v := results.get("video"):
+        rows += video_rows(v)
     if t := results.get("train_step"):
         rows.append(step_row(f"train step (batch {t['batch_size']})", t))
         rows.append(step_row("train step, checkpointing", t["checkpointing"]))
@@ -533,6 +640,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="timed repetitions (default 2 on CPU, 10 on CUDA; whole preprocess.py runs: "
                              "4, around the reference's, the median quoted)")
     parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto: bf16 on CUDA and on a CPU with native bf16, else fp32 (the forward part "
+                             "times fp32 and bf16 on the CPU either way)")
     parser.add_argument("--model", choices=("vit-l-14", "tiny"), default="vit-l-14",
                         help="tiny: only to test this script")
     parser.add_argument("--video", type=Path, default=None, help="720p video for the keypoint comparison "
@@ -570,18 +680,25 @@ def run(args: argparse.Namespace) -> dict:
     def stage(name: str) -> None:  # a CPU run takes minutes: say what is running
         print(f"bench: {name} ...", file=sys.stderr, flush=True)
 
+    precision, why = resolve_precision(args.precision, device)
+    results["precision"] = f"{precision} ({why})"
+    print(f"bench: precision {results['precision']}", file=sys.stderr, flush=True)
     if "forward" in parts or "train_step" in parts:
-        stage(f"forward, {args.model}, batch {batch}")
+        # on the CPU both precisions side by side: which one pays depends on the processor
+        both = [precision] if cuda else ["fp32", "bf16"]
+        stage(f"forward, {args.model}, batch {batch}, {' and '.join(both)}, ours and OpenAI's")
         detector = build(args.model, device)
         # a 4096 fp32 GEMM takes ~0.7 s on a small CPU: the tiny model (only a test) times a smaller one
-        gemm = gemm_flops(device, 8192 if cuda else 4096 if args.model == "vit-l-14" else 1024)
-        results["forward"] = bench_forward(detector, device, batch, repeat, gemm)
+        side = 8192 if cuda else 4096 if args.model == "vit-l-14" else 1024
+        results["precisions"] = bench_precisions(detector, device, batch, repeat, both, side)
+        results["forward"] = results["precisions"][precision]
         if "train_step" in parts:
             del detector
             stage("training step, without and with gradient checkpointing")
-            results["train_step"] = bench_train_step(args.model, device, batch, repeat, results["forward"]["seconds"])
+            results["train_step"] = bench_train_step(args.model, device, batch, repeat, results["forward"]["seconds"],
+                                                     precision)
         if "forward" not in parts:
-            del results["forward"]
+            del results["forward"], results["precisions"]
     if "data" in parts:
         stage("data loading")
         results["data"] = bench_data(args.data_images, batch, pin_memory=cuda)
@@ -589,6 +706,9 @@ def run(args: argparse.Namespace) -> dict:
         results["bottleneck"] = bottleneck(results, device)
     if "train_step" in results and (plan := recipe(results, args.model)):
         results["recipe"], results["recipe_minutes"] = plan, plan["minutes"]
+    if "video" in parts:
+        stage(f"evaluate.py --video, {args.frames}-frame 720p clip, fp32, bf16 and --report")
+        results["video"] = bench_video(args.model, args.frames, precision)
     if "preprocess" in parts:
         stage("preprocessing and the reference procedure")
         results["preprocess"] = bench_preprocess(args.video, args.frames)
@@ -596,7 +716,7 @@ def run(args: argparse.Namespace) -> dict:
         results["preprocess"] |= {name: preprocess_case(zooms, args.preprocess_videos, args.frames, args.repeat or 4)
                                   for name, zooms in FACE_ZOOMS.items()}
 
-    print(f"{results['device']}\n\n{table(results)}")
+    print(f"{results['device']}, precision {results['precision']}\n\n{table(results)}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return results

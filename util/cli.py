@@ -1,5 +1,5 @@
-"""Command-line pieces the scripts share: number and device flags, and a parser generated from a
-config dataclass, every value checked before any work."""
+"""Command-line pieces the scripts share: number and device flags, a parser generated from a
+config dataclass (every value checked before any work), and a progress bar over a list."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,7 @@ from dataclasses import asdict, fields
 from typing import Callable
 
 import torch
+from tqdm import tqdm
 
 
 def at_least(kind: type, minimum: float, above: bool = False) -> Callable[[str], float]:
@@ -18,6 +19,29 @@ def at_least(kind: type, minimum: float, above: bool = False) -> Callable[[str],
         return number
     check.__name__ = kind.__name__
     return check
+
+
+def count_or_all(value: str) -> int | None:
+    """argparse type of --frames: a number >= 1, or `all` (None: every frame)."""
+    if value == "all":
+        return None
+    try:
+        return at_least(int, 1)(value)
+    except ValueError:  # not a whole number; at_least's own refusal (below 1) passes through
+        raise argparse.ArgumentTypeError(f"expected a number (at least 1) or 'all', got {value!r}") from None
+
+
+class Watched(list):
+    """A list whose every pass of iteration advances a tqdm bar: progress through a function that
+    walks its argument once (preprocess.face_tracks over the frames), yet indexes it too."""
+
+    def __init__(self, items, desc: str, unit: str = "frame"):
+        super().__init__(items)
+        self.desc, self.unit = desc, unit
+
+    def __iter__(self):
+        return iter(tqdm(super().__iter__(), total=len(self), desc=self.desc, unit=self.unit, leave=False,
+                         disable=None))
 
 
 def device_flag(value: str) -> str:

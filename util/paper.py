@@ -1,5 +1,8 @@
-"""The paper's cross-dataset table as data, and which of its rows a checkpoint's config is."""
+"""The paper's cross-dataset table as data, which of its rows a checkpoint reproduces, and a
+measured AUROC beside the paper's number."""
 from __future__ import annotations
+
+from util.checkpoint import read_if_ours
 
 # the table's columns in its order (dataset keys of evaluate.py), trained on FF++ c23
 DATASETS = ("cdfv2", "dfd", "dfdc", "ffiw", "dsv1")
@@ -42,3 +45,41 @@ def paper_value(row: str | None, dataset: str) -> float | None:
     KeyError: row names come from TABLE (paper_row, AUTHORS_ROW)."""
     values = TABLE[row] if row is not None else None
     return values[DATASETS.index(dataset)] if values is not None and dataset in DATASETS else None
+
+
+def config_text(config: dict) -> str:
+    """The keys paper_row reads, as a reader checks them: `tuning ln, norm on, uniformity 0.5, ...`
+    (`?` for a key the config lacks)."""
+    norm = config.get("norm", config.get("normalize"))
+    parts = {"tuning": config.get("tuning"), "norm": norm, "uniformity": config.get("uniformity"),
+             "alignment": config.get("alignment"), "slerp": config.get("slerp")}
+    show = {None: "?", True: "on", False: "off"}
+    return ", ".join(f"{k} {show[v] if v is None or isinstance(v, bool) else v}" for k, v in parts.items())
+
+
+def checkpoint_row(source: str) -> tuple[str | None, str]:
+    """(the TABLE row a detector checkpoint reproduces, or None; why, as a clause of a sentence).
+    'authors' and the authors' model.ckpt (a file not of this project's format) are the full
+    method; this project's checkpoint is paper_row of the config it was trained with."""
+    if source == "authors":
+        return AUTHORS_ROW, "the authors' released checkpoint"
+    ours = read_if_ours(source)
+    if ours is None:
+        return AUTHORS_ROW, "the authors' checkpoint format"
+    row = paper_row(ours["config"])
+    if row is None:
+        return None, f"its config ({config_text(ours['config'])}) matches no row of the paper's table"
+    return row, "from its config"
+
+
+def beside(row: str | None, dataset: str, auroc: float | None, ci) -> dict | None:
+    """The paper's AUROC (%) of `row` on `dataset` beside a measured AUROC and its interval
+    (fractions, as the metrics hold them): {"paper": %, "diff": measured - paper in points,
+    "inside_ci": whether the paper's number lies in the interval}; None when the paper has no
+    number for it or nothing was measured (one class). Inside is judged on the interval's ends in
+    percent to two decimals, as the tables print them and the paper gives its numbers."""
+    value = paper_value(row, dataset)
+    if value is None or auroc is None:
+        return None
+    lo, hi = (round(100 * x, 2) for x in ci)
+    return {"paper": value, "diff": 100 * auroc - value, "inside_ci": lo <= value <= hi}

@@ -1,6 +1,6 @@
-"""The figures evaluate.py writes, drawn with matplotlib: ROC curves of a benchmark (roc.png) and
-validation video AUROC during training (curves.png, the paper's Figure 1), each a Figure object
-that png() renders to the bytes of a PNG file.
+"""The figures evaluate.py writes, drawn with matplotlib: ROC curves of a benchmark (roc.png),
+validation video AUROC during training (curves.png, the paper's Figure 1) and video AUROC under
+perturbations (robustness.png), each a Figure object that png() renders to the bytes of a PNG file.
 
 Figures are matplotlib.figure.Figure objects drawn by the Agg renderer directly, without pyplot:
 no display, no backend to choose, no figure registry that keeps every figure alive."""
@@ -13,6 +13,7 @@ import cv2
 import numpy as np
 
 from util.files import png_bytes
+from util.perturb import SEVERITY, strength
 from util.train_log import Curve
 
 if TYPE_CHECKING:
@@ -65,6 +66,38 @@ def curves_figure(curves: list[Curve], x: str) -> Figure:
     ax.set_ylim(100 * y_lo, 100 * y_hi)
     ax.set_xlim(left=0)
     ax.legend(loc="lower right", fontsize=8)
+    return fig
+
+
+def robustness_figure(rows: list[dict], title: str) -> Figure | None:
+    """Video AUROC (%) under perturbations against the severity step: 0 = unperturbed (a star and a
+    dashed line across), then each perturbation's severities from mild to strong
+    (util.perturb.strength), one line per perturbation from the unperturbed point, with its 95%
+    intervals as error bars on the perturbed points (nudged sideways so that lines on top of each
+    other stay readable) and its severities in the legend. rows: evaluate.py's robustness rows,
+    the unperturbed (perturbation "none") first; None when its AUROC is undefined (one class: the
+    same videos, so every row's is)."""
+    clean = rows[0]["video"]
+    if clean["auroc"] is None:
+        return None
+    fig, ax = new_axes(title, "severity step (0 = unperturbed; then mild to strong)", "video AUROC (%)")
+    ax.axhline(100 * clean["auroc"], linestyle="--", color="0.4", linewidth=1,
+               label=f"unperturbed: {100 * clean['auroc']:.2f}%")
+    ax.plot([0], [100 * clean["auroc"]], marker="*", markersize=12, color="0.2", linestyle="none", zorder=3)
+    names, steps = list(dict.fromkeys(r["perturbation"] for r in rows[1:])), 1
+    for k, name in enumerate(names):
+        own = sorted((r for r in rows[1:] if r["perturbation"] == name), key=lambda r: strength(name, r["severity"]))
+        nudge = 0.06 * (k - (len(names) - 1) / 2)
+        xs = np.arange(len(own) + 1) + nudge                                   # [k+1], 0 = unperturbed
+        ys = np.array([100 * m["auroc"] for m in [clean] + [r["video"] for r in own]])
+        cis = np.array([r["video"]["auroc_ci"] for r in own]).reshape(-1, 2) * 100  # [k, 2]
+        line, = ax.plot(xs, ys, marker="o", markersize=4, linewidth=2,
+                        label=f"{name} ({SEVERITY[name][4]} " + ", ".join(f"{r['severity']:g}" for r in own) + ")")
+        ax.errorbar(xs[1:], ys[1:], yerr=[ys[1:] - cis[:, 0], cis[:, 1] - ys[1:]], linestyle="none",
+                    color=line.get_color(), capsize=3, elinewidth=1)
+        steps = max(steps, len(xs))
+    ax.set_xticks(range(steps))
+    ax.legend(loc="lower left", fontsize=8)
     return fig
 
 
