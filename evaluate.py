@@ -49,6 +49,7 @@ from util.files import CSVRows, write_json, write_output, write_person_crops
 from util.layouts import FFPP_METHODS, IMAGE_EXTS, DataError, Video, list_inputs, load_splits, load_videos
 from util.paper import DATASETS as PAPER_DATASETS, checkpoint_row
 from util.perturb import DEFAULT_PERTURB, DEFAULT_TOKENS, parse_perturb
+from util.precision import PRECISIONS, resolve_precision
 from util.results import (benchmark_summary, comparison, comparison_table, display, write_comparison,
                           write_dataset_outputs)
 from util.robustness import perturbed_scores
@@ -67,7 +68,7 @@ N_BOOT, SEED = 2000, 0  # every interval's bootstrap resamples and their seed; t
 def scorer(model: nn.Module, args, procs: Processes, desc: str) -> Callable[[list], np.ndarray]:
     """Crop files or RGB arrays -> their p_fake (data.predict with the flags' batch and workers)."""
     return lambda items: predict(model=model, items=items, device=procs.device, batch_size=args.batch_size,
-                                 workers=args.workers, desc=desc)
+                                 workers=args.workers, desc=desc, precision=args.precision)
 
 
 def frame_scores(model: nn.Module, videos: list[Video], args, procs: Processes, desc: str) -> np.ndarray:
@@ -92,7 +93,7 @@ def measured(labels, scores, groups=None) -> dict:
 
 
 def evaluate_dataset(model: nn.Module, dataset: str, split_dir: Path, videos: list[Video], args,
-                     procs: Processes, out_dir: Path, label: str) -> dict:
+                     procs: Processes, out_dir: Path, label: str, threshold: calibration.Threshold) -> dict:
     """Score every crop of a split (shared over torchrun's ranks), with --perturb under every
     perturbation too; rank 0 writes videos.csv, roc.png, robustness.csv/png and metrics.json under out_dir."""
     scores = frame_scores(model, videos, args, procs, f"{dataset} {split_dir.name}")
@@ -102,7 +103,10 @@ def evaluate_dataset(model: nn.Module, dataset: str, split_dir: Path, videos: li
 
     result = {"dataset": dataset, "split": split_dir.name, "model": label,
               "data": str(split_dir), "video": measured(video_labels, video_p),
-              "frame": measured(frame_labels, scores, [v.path for v in videos for _ in v.frames])}
+              "frame": measured(frame_labels, scores, [v.path for v in videos for _ in v.frames]),
+              "threshold": {"value": threshold.value, "how": threshold.how}}
+    for level, labels, p in (("video", video_labels, video_p), ("frame", frame_labels, scores)):
+        result[level] |= calibration.table_metrics(labels, p, threshold)  # accuracy at it, TPR at 1% / 5% FPR
     ffpp = dataset.startswith("ff++")
     curves = [("all videos" if ffpp else "video", video_labels, video_p, result["video"]),
               ("all frames" if ffpp else "frame", frame_labels, scores, result["frame"])]
@@ -146,12 +150,14 @@ def run_benchmarks(args, procs: Processes) -> dict:
     not allowed to stop the others."""
     names = [*PAPER_DATASETS, "ff++"] if args.dataset == "all" else [args.dataset]
     videos, found, missing, failed = load_splits(Path(args.data), names, args.split)
-    model, label, default_out, row, why = load_model(args, procs, benchmark=True)
+    source = None if args.zero_shot else choose_checkpoint(args, benchmark=True)
+    model, label, default_out, row, why = load_model(args, procs, benchmark=True, source=source)
+    threshold, _ = calibration.calibrated(source, args.threshold)  # the verdicts' threshold, also in the table
     out = Path(args.out or default_out)
     results = {}
     for d in videos:
         try:
-            results[d] = evaluate_dataset(model, d, found[d], videos[d], args, procs, out / d, label)
+            results[d] = evaluate_dataset(model, d, found[d], videos[d], args, procs, out / d, label, threshold)
         except DataError as e:  # unreadable crops
             failed[d] = str(e)
     if not results:
@@ -331,7 +337,8 @@ def score_file(path: Path, name: str, args, procs: Processes, face_models, model
         write_person_crops(Path(args.save_crops) / name, [{c.frame: preprocess.crop_png(c) for c in t} for t in tracks])
     persons = []
     for t in tracks:
-        p_fake = predict(model, [c.image for c in t], procs.device, batch_size=args.batch_size, desc="crops")
+        p_fake = predict(model, [c.image for c in t], procs.device, batch_size=args.batch_size, desc="crops",
+                         precision=args.precision)
         maps = None
         if args.report:  # where p_fake comes from: the maps of the crops as the detector takes them
             transform = eval_transform(model.visual.input_resolution)
@@ -421,13 +428,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--x", choices=["step", "epoch"], default="step", help="--curves: x axis")
     p.add_argument("--save-crops", help="keep the face crops of --video/--image/--input here")
     p.add_argument("--frames", type=count_or_all, default=32, help="frames scored per video (files): N or all")
-    p.add_argument("--threshold", type=calibration.threshold_flag, help="files: p_fake above it is FAKE: "
+    p.add_argument("--threshold", type=calibration.threshold_flag, help="p_fake above it is FAKE (files; "
+                   "benchmarks: the table's Acc@thr): "
                    f"{calibration.THRESHOLD_HELP} (default: eer with reference scores, else 0.5, uncalibrated)")
     p.add_argument("--report", metavar="DIR", help="files: a folder per file here: timeline.png, faces.png "
                    "(crops and saliency), saliency.npz, annotated.mp4 (videos), report.json")
     p.add_argument("--landmarks", help="dlib landmark model (default: 68-point from face-recognition-models)")
     p.add_argument("--batch-size", type=at_least(int, 1), default=64)
     p.add_argument("--workers", type=at_least(int, 0), default=min(4, os.cpu_count() or 1))
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help="auto: bf16 autocast on CUDA and on "
+                   "a CPU with native bf16 matrix instructions (AMX), fp32 on any other CPU")
     p.add_argument("--device", type=device_flag, default="auto",
                    help="auto (cuda when there is a GPU), cpu, cuda or cuda:N (under torchrun with cuda: "
                    "cuda:LOCAL_RANK)")
@@ -492,6 +502,8 @@ def main(argv=None):
         with processes(args.device, quiet=True) as procs:  # under torchrun: ranks > 0 print only errors
             if args.curves:
                 return run_curves(args)
+            args.precision, why = resolve_precision(args.precision, procs.device)
+            print(f"precision {args.precision} ({why})")  # a run's first line: what every score was computed in
             if args.compare:
                 return run_compare(args, procs)
             if args.dataset:

@@ -29,12 +29,15 @@ import evaluate
 from util import calibration, checkpoint, files, layouts, perturb, stats
 from util.tokenizer import Tokenizer
 
+# the tests compare p_fake with fp32 references: auto would take bf16 on a CPU with AMX
+FP32 = ["--precision", "fp32"]
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_cli(*argvs, env=None, timeout=300) -> list[SimpleNamespace]:
     """`python evaluate.py ARGS` for each argument list, all at once; (returncode, stdout, stderr)."""
-    procs = [subprocess.Popen([sys.executable, "evaluate.py", *map(str, argv)], cwd=ROOT, text=True,
+    procs = [subprocess.Popen([sys.executable, "evaluate.py", *FP32, *map(str, argv)], cwd=ROOT, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
              for argv in argvs]
     results = []
@@ -163,7 +166,7 @@ def test_benchmark_one_dataset_outputs_consistent(make_split, tmp_path, tiny_ckp
         ("Celeb-synthesis", 1, "id2_id0_0001", [1, 3, 4]),
     ])
     out = tmp_path / "out"
-    evaluate.main(["--dataset", "cdfv2", "--checkpoint", str(tiny_ckpt), "--data", str(data),
+    evaluate.main([*FP32, "--dataset", "cdfv2", "--checkpoint", str(tiny_ckpt), "--data", str(data),
                    "--out", str(out), "--workers", "0", "--batch-size", "4"])
     printed = capsys.readouterr().out
 
@@ -186,6 +189,13 @@ def test_benchmark_one_dataset_outputs_consistent(make_split, tmp_path, tiny_ckp
     assert (res["video"]["n"], res["video"]["n_real"], res["video"]["n_fake"]) == (5, 2, 3)
     assert (res["frame"]["n"], res["frame"]["n_real"], res["frame"]["n_fake"]) == (11, 5, 6)
     assert res["model"] == "tiny/best.pt"
+    # no reference stored with this checkpoint: the table's threshold is 0.5, said to be uncalibrated;
+    # TPR at 1% / 5% FPR of 2 real videos: the share of fakes above the larger real score
+    assert res["threshold"]["value"] == 0.5 and "uncalibrated" in res["threshold"]["how"]
+    assert res["video"]["acc_ref"] == pytest.approx(expect["acc"])
+    real, fake = [s for s, l in zip(scores, labels) if l == 0], [s for s, l in zip(scores, labels) if l == 1]
+    for key in ("tpr@1%fpr", "tpr@5%fpr"):
+        assert res["video"][key] == pytest.approx(sum(f > max(real) for f in fake) / len(fake))
 
     # the printed Markdown table carries the same numbers
     line = next(l for l in printed.splitlines() if l.startswith("| CDFv2 | video |"))
@@ -215,7 +225,7 @@ def test_benchmark_all_missing_one_class_newest_run(make_split, tmp_path, tiny_c
         t = 1_700_000_000 - age
         os.utime(runs / name / "best.pt", (t, t))
     out = tmp_path / "out"
-    evaluate.main(["--dataset", "all", "--data", str(data), "--runs", str(runs), "--out", str(out),
+    evaluate.main([*FP32, "--dataset", "all", "--data", str(data), "--runs", str(runs), "--out", str(out),
                    "--workers", "0"])
     printed = capsys.readouterr().out
     assert f"newest run's checkpoint {runs / 'new' / 'best.pt'}" in printed
@@ -249,11 +259,11 @@ def test_benchmark_all_missing_one_class_newest_run(make_split, tmp_path, tiny_c
 def test_missing_or_empty_data_dir_says_layout_and_command(tmp_path, tiny_ckpt):
     for data in (tmp_path / "nope", tmp_path):
         with pytest.raises(SystemExit) as e:
-            evaluate.main(["--dataset", "cdfv2", "--checkpoint", str(tiny_ckpt), "--data", str(data)])
+            evaluate.main([*FP32, "--dataset", "cdfv2", "--checkpoint", str(tiny_ckpt), "--data", str(data)])
         msg = str(e.value)
         assert "cdfv2/test/index.csv" in msg and "python preprocess.py --dataset cdfv2" in msg
     with pytest.raises(SystemExit, match="preprocess.py --dataset ff\\+\\+ --compression c40 "):
-        evaluate.main(["--dataset", "ff++-c40", "--checkpoint", str(tiny_ckpt), "--data", str(tmp_path)])
+        evaluate.main([*FP32, "--dataset", "ff++-c40", "--checkpoint", str(tiny_ckpt), "--data", str(tmp_path)])
 
 
 # ----------------------------------------------------------------------------- the researcher's report
@@ -304,7 +314,7 @@ def cell(auroc: float, ci) -> str:
 def test_intervals_and_the_paper_row_beside_for_the_full_method(report_split, tmp_path, capsys):
     ckpt = write_ckpt(tmp_path / "runs" / "full" / "best.pt", FULL)
     out = tmp_path / "out"
-    summary = evaluate.main(["--dataset", "cdfv2", "--checkpoint", str(ckpt), "--data", str(report_split),
+    summary = evaluate.main([*FP32, "--dataset", "cdfv2", "--checkpoint", str(ckpt), "--data", str(report_split),
                              "--out", str(out), "--workers", "0"])
     printed = capsys.readouterr().out
     m = json.load(open(out / "cdfv2" / "metrics.json"))
@@ -333,7 +343,7 @@ def test_intervals_and_the_paper_row_beside_for_the_full_method(report_split, tm
 
 
 def test_a_config_of_no_row_says_so_and_the_paper_columns_show_a_row(report_split, tmp_path, tiny_ckpt, capsys):
-    summary = evaluate.main(["--dataset", "cdfv2", "--checkpoint", str(tiny_ckpt), "--data", str(report_split),
+    summary = evaluate.main([*FP32, "--dataset", "cdfv2", "--checkpoint", str(tiny_ckpt), "--data", str(report_split),
                              "--out", str(tmp_path / "none"), "--workers", "0"])
     printed = capsys.readouterr().out
     assert ("The paper's row for tiny/best.pt: none: its config (tuning ?, norm on, uniformity ?, alignment ?, "
@@ -342,7 +352,7 @@ def test_a_config_of_no_row_says_so_and_the_paper_columns_show_a_row(report_spli
     assert summary["paper"] == {"row": None, "why": summary["paper"]["why"], "datasets": {}}
     # --dataset all: the paper's row beneath the measured one in the paper's columns
     ckpt = write_ckpt(tmp_path / "runs" / "ln-norm" / "best.pt", LN_NORM)
-    summary = evaluate.main(["--dataset", "all", "--checkpoint", str(ckpt), "--data", str(report_split),
+    summary = evaluate.main([*FP32, "--dataset", "all", "--checkpoint", str(ckpt), "--data", str(report_split),
                              "--out", str(tmp_path / "all"), "--workers", "0"])
     video = summary["results"]["cdfv2"]["video"]
     lines = capsys.readouterr().out.splitlines()
@@ -360,7 +370,7 @@ def test_compare_a_checkpoint_with_its_copy_and_with_another(report_split, tmp_p
     copy.write_bytes(full.read_bytes())
     monkeypatch.chdir(tmp_path)  # the default --out: eval/compare-<A>-vs-<B>-<dataset>
     common = ["--dataset", "cdfv2", "--data", str(report_split), "--workers", "0"]
-    same = evaluate.main(["--compare", str(full), str(copy), *common])
+    same = evaluate.main([*FP32, "--compare", str(full), str(copy), *common])
     printed = capsys.readouterr().out
     assert same["diff"] == 0 and same["p"] == 1.0 and same["auroc_a"] == same["auroc_b"]
     assert same["ci"][0] <= 0 <= same["ci"][1] and same["bootstrap_ci"][0] <= 0 <= same["bootstrap_ci"][1]
@@ -370,7 +380,7 @@ def test_compare_a_checkpoint_with_its_copy_and_with_another(report_split, tmp_p
     assert json.load(open(folder / "compare.json")) == json.loads(json.dumps(same))
     assert (folder / "compare.md").read_text().strip() in printed
 
-    other = evaluate.main(["--compare", str(full), str(ln_norm), *common, "--out", str(tmp_path / "other")])
+    other = evaluate.main([*FP32, "--compare", str(full), str(ln_norm), *common, "--out", str(tmp_path / "other")])
     lines = capsys.readouterr().out.splitlines()
     a, b = split_truth(report_split, full), split_truth(report_split, ln_norm)
     assert other["a"]["auroc"] == pytest.approx(roc_auc_score(a.labels, a.video_p), abs=1e-12)
@@ -388,9 +398,9 @@ def test_compare_a_checkpoint_with_its_copy_and_with_another(report_split, tmp_p
 def test_perturb_table_plot_and_scores_of_perturbed_crops(report_split, tmp_path, tiny_ckpt, capsys):
     grid = ["jpeg=20", "blur=2", "resize=12", "noise=0.2"]
     common = ["--dataset", "cdfv2", "--checkpoint", str(tiny_ckpt), "--data", str(report_split), "--workers", "0"]
-    evaluate.main([*common, "--out", str(tmp_path / "plain")])
+    evaluate.main([*FP32, *common, "--out", str(tmp_path / "plain")])
     capsys.readouterr()
-    evaluate.main([*common, "--out", str(tmp_path / "out"), "--perturb", *grid])
+    evaluate.main([*FP32, *common, "--out", str(tmp_path / "out"), "--perturb", *grid])
     printed = capsys.readouterr().out
     plain = json.load(open(tmp_path / "plain" / "cdfv2" / "metrics.json"))
     m = json.load(open(tmp_path / "out" / "cdfv2" / "metrics.json"))
@@ -455,7 +465,7 @@ def test_bad_report_flags_one_line(report_split, finished, tmp_path, tiny_ckpt, 
          "error: resize=64: larger than the 48x48 crop"),
     ]:
         with pytest.raises(SystemExit) as e:
-            evaluate.main([*argv, *common])
+            evaluate.main([*FP32, *argv, *common])
         assert str(e.value).startswith(message) and "\n" not in str(e.value)
     assert snapshot(finished) == before
     r, = run_cli(["--dataset", "cdfv2", "--perturb", "noise=2", "--data", tmp_path])  # the real command line
@@ -473,7 +483,7 @@ def test_video_with_face_scored_and_without_face_says_so(tmp_path, tiny_ckpt, ca
     two = U.write_video(tmp_path / "two.mp4", frames)
     noface = U.blank_video(tmp_path / "noface.mp4")
     crops = tmp_path / "crops"
-    rows = evaluate.main(["--video", str(two), "--video", str(noface), "--checkpoint", str(tiny_ckpt),
+    rows = evaluate.main([*FP32, "--video", str(two), "--video", str(noface), "--checkpoint", str(tiny_ckpt),
                           "--save-crops", str(crops), "--out", str(tmp_path / "out"), "--device", "cpu"])
     printed = capsys.readouterr().out
     line = next(l for l in printed.splitlines() if l.startswith(str(two)))
@@ -506,7 +516,7 @@ def test_zero_shot_baseline_same_outputs(make_split, tmp_path, capsys):
     make_split(data, "dfd", [("actors", 0, "a", [0, 1]), ("actors", 0, "b", [0]),
                              ("DeepFakeDetection", 1, "c", [0]), ("DeepFakeDetection", 1, "d", [3, 6])])
     out = tmp_path / "out"
-    evaluate.main(["--dataset", "dfd", "--zero-shot", "--clip", "tiny", "--bpe", str(bpe),
+    evaluate.main([*FP32, "--dataset", "dfd", "--zero-shot", "--clip", "tiny", "--bpe", str(bpe),
                    "--data", str(data), "--out", str(out), "--workers", "0"])
     printed = capsys.readouterr().out
     assert "zero-shot CLIP tiny" in printed
@@ -539,7 +549,7 @@ def test_broken_datasets_listed_in_all_table_not_fatal(make_split, tmp_path, tin
     make_split(data, "dfd", [("actors", 0, "a", [0]), ("DeepFakeDetection", 1, "b", [0])], seed=2)
     (data / "dfd" / "test" / "actors" / "a" / "0.png").write_bytes(b"not a png")  # unreadable crop
     out = tmp_path / "out"
-    summary = evaluate.main(["--dataset", "all", "--checkpoint", str(tiny_ckpt), "--data", str(data),
+    summary = evaluate.main([*FP32, "--dataset", "all", "--checkpoint", str(tiny_ckpt), "--data", str(data),
                              "--out", str(out), "--workers", "2"])  # a worker's error is named too
     captured = capsys.readouterr()
     assert list(summary["results"]) == ["cdfv2"] and (out / "cdfv2" / "metrics.json").is_file()
@@ -556,12 +566,12 @@ def test_broken_datasets_listed_in_all_table_not_fatal(make_split, tmp_path, tin
     # one dataset: the same reasons as a one-line error
     for name, reason in (("ffiw", "holds no <frame>.png crops"), ("dfd", "cannot be read")):
         with pytest.raises(SystemExit, match=reason) as e:
-            evaluate.main(["--dataset", name, "--checkpoint", str(tiny_ckpt), "--data", str(data),
+            evaluate.main([*FP32, "--dataset", name, "--checkpoint", str(tiny_ckpt), "--data", str(data),
                            "--out", str(out), "--workers", "0"])
         assert "\n" not in str(e.value)
     (data / "cdfv2" / "test" / "index.csv").write_text("video_id,source\na,Celeb-real\n")
     with pytest.raises(SystemExit, match="not an index written by preprocess.py: expected columns"):
-        evaluate.main(["--dataset", "cdfv2", "--checkpoint", str(tiny_ckpt), "--data", str(data)])
+        evaluate.main([*FP32, "--dataset", "cdfv2", "--checkpoint", str(tiny_ckpt), "--data", str(data)])
 
 
 def test_bad_checkpoint_and_file_arguments_one_line_errors(tmp_path, tiny_ckpt):
@@ -583,12 +593,12 @@ def test_bad_checkpoint_and_file_arguments_one_line_errors(tmp_path, tiny_ckpt):
     ]
     for extra, message in cases:
         with pytest.raises(SystemExit, match=message) as e:
-            evaluate.main(["--image", str(image), *extra])
+            evaluate.main([*FP32, "--image", str(image), *extra])
         assert "\n" not in str(e.value)
     with pytest.raises(SystemExit, match="is a folder, not a file: use --input"):
-        evaluate.main(["--video", str(tmp_path), "--checkpoint", str(tiny_ckpt)])
+        evaluate.main([*FP32, "--video", str(tmp_path), "--checkpoint", str(tiny_ckpt)])
     with pytest.raises(SystemExit):  # argparse: the crops would be scored as inputs next time
-        evaluate.main(["--input", str(tmp_path), "--save-crops", str(tmp_path / "crops")])
+        evaluate.main([*FP32, "--input", str(tmp_path), "--save-crops", str(tmp_path / "crops")])
 
 
 def test_input_folder_mixed_files(tmp_path, tiny_ckpt, capsys):
@@ -605,7 +615,7 @@ def test_input_folder_mixed_files(tmp_path, tiny_ckpt, capsys):
     (crops / "a" / "person1").mkdir(parents=True)
     (crops / "a" / "person1" / "99.png").write_bytes(b"stale")  # from an earlier run
     (crops / "a" / "mine.txt").write_text("the user's")  # never deleted
-    rows = evaluate.main(["--input", str(inputs), "--checkpoint", str(tiny_ckpt), "--out", str(out),
+    rows = evaluate.main([*FP32, "--input", str(inputs), "--checkpoint", str(tiny_ckpt), "--out", str(out),
                           "--save-crops", str(crops)])
     printed = capsys.readouterr().out
     assert "5 video/image file(s), 1 other file(s) skipped" in printed
@@ -642,7 +652,7 @@ def face_image(tmp_path: Path) -> Path:
 
 def test_calibrate_then_verdicts_state_the_rank_among_the_reference_and_the_threshold(calibrated, face_video,
                                                                                       tmp_path, capsys):
-    assert evaluate.main(["--calibrate", "--data", str(calibrated.data), *calibrated.flags]) == []
+    assert evaluate.main([*FP32, "--calibrate", "--data", str(calibrated.data), *calibrated.flags]) == []
     path = calibration.reference_path(calibrated.ckpt)
     assert f"reference: 2 real and 8 fake FF++ val videos: written to {path}\n" in capsys.readouterr().out
     videos = layouts.load_videos(calibrated.data, "ff++", "val")  # the val videos' scores, as the paper's
@@ -652,7 +662,7 @@ def test_calibrate_then_verdicts_state_the_rank_among_the_reference_and_the_thre
     assert reference.fake.tolist() == pytest.approx(sorted(m for m, v in zip(means, videos) if v.label == 1), abs=1e-6)
 
     out = tmp_path / "out"  # later runs use it, and name it
-    rows = evaluate.main(["--video", str(face_video), "--out", str(out), *calibrated.flags])
+    rows = evaluate.main([*FP32, "--video", str(face_video), "--out", str(out), *calibrated.flags])
     printed = capsys.readouterr().out
     threshold = calibration.Threshold(calibration.eer_threshold(reference), "equal error rate on FF++ val")
     assert (f"reference: 2 real and 8 fake FF++ val videos ({path}); threshold {threshold.value:.4f} "
@@ -667,7 +677,7 @@ def test_calibrate_then_verdicts_state_the_rank_among_the_reference_and_the_thre
     assert saved[0]["threshold"] == f"{threshold.value:.6f}" and saved[0]["rank"] == f"{verdict.real_below:.6f}"
     assert saved[0]["p_value"] == f"{verdict.p_value:.6f}"
 
-    evaluate.main(["--video", str(face_video), "--threshold", "fpr=0.5", *calibrated.flags])
+    evaluate.main([*FP32, "--video", str(face_video), "--threshold", "fpr=0.5", *calibrated.flags])
     assert f"threshold {reference.real[0]:.4f} (50% false alarms on the 2 FF++ val real videos)" in \
         capsys.readouterr().out
 
@@ -679,13 +689,13 @@ def test_reference_stored_by_train_py_and_no_reference(tmp_path, tiny_ckpt, caps
     ckpt = checkpoint.load_checkpoint(tiny_ckpt)
     torch.save({**ckpt, calibration.KEY: calibration.reference_entry(
         calibration.build_reference([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]))}, stored)
-    rows = evaluate.main(["--image", str(image), "--checkpoint", str(stored), "--threshold", "0.3", "--device", "cpu"])
+    rows = evaluate.main([*FP32, "--image", str(image), "--checkpoint", str(stored), "--threshold", "0.3", "--device", "cpu"])
     printed = capsys.readouterr().out
     assert f"reference: 2 real and 2 fake FF++ val videos (stored in {stored}); threshold 0.3000 (given by --threshold)" \
         in printed
     assert "; threshold 0.3000 (given by --threshold); 1/1 frames with a face" in printed
     assert rows[0]["threshold"] == "0.300000" and rows[0]["rank"] != ""
-    evaluate.main(["--image", str(image), "--checkpoint", str(tiny_ckpt), "--device", "cpu"])
+    evaluate.main([*FP32, "--image", str(image), "--checkpoint", str(tiny_ckpt), "--device", "cpu"])
     line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith(str(image)))
     assert line.endswith("threshold 0.5000 (uncalibrated: no reference scores for this checkpoint; make them with "
                          "evaluate.py --calibrate); 1/1 frames with a face")
@@ -700,13 +710,13 @@ def test_bad_reference_threshold_and_report_folder_are_one_line(calibrated, tmp_
 
     def refused(*argv: str) -> str:
         with pytest.raises(SystemExit) as e:
-            evaluate.main(["--image", str(image), "--out", str(out), *calibrated.flags, *argv])
+            evaluate.main([*FP32, "--image", str(image), "--out", str(out), *calibrated.flags, *argv])
         assert "\n" not in str(e.value) and finished.read_text() == "an earlier run's\n"  # nothing lost
         return str(e.value)
 
     message = refused("--threshold", "eer")  # no reference yet
     assert message.startswith("error: --threshold eer needs reference scores, and this checkpoint has none")
-    evaluate.main(["--calibrate", "--data", str(calibrated.data), *calibrated.flags])
+    evaluate.main([*FP32, "--calibrate", "--data", str(calibrated.data), *calibrated.flags])
     path = calibration.reference_path(ckpt)
     good = path.read_text()
     path.write_text(good[: len(good) // 2])  # damaged
@@ -717,12 +727,12 @@ def test_bad_reference_threshold_and_report_folder_are_one_line(calibrated, tmp_
     shutil.copy(path, calibration.reference_path(other))
     with pytest.raises(SystemExit, match=f"^error: {calibration.reference_path(other)} was made for another "
                                          f"checkpoint \\('best.pt', SHA-256 .*; delete it and make it again"):
-        evaluate.main(["--image", str(image), "--checkpoint", str(other), "--device", "cpu"])
+        evaluate.main([*FP32, "--image", str(image), "--checkpoint", str(other), "--device", "cpu"])
     blocker = tmp_path / "taken"
     blocker.write_text("a file where the folder should be")
     assert refused("--report", str(blocker / "report")) == f"error: cannot write {blocker / 'report'}: Not a directory"
     with pytest.raises(SystemExit, match="no preprocessed data: .*ff\\+\\+/val/index.csv not found"):
-        evaluate.main(["--calibrate", "--data", str(tmp_path / "nothing"), *calibrated.flags])
+        evaluate.main([*FP32, "--calibrate", "--data", str(tmp_path / "nothing"), *calibrated.flags])
     assert path.read_text() == good  # the reference is kept
     capsys.readouterr()
     cases = [(["--threshold", "1.5"], f"argument --threshold: '1.5' is not {calibration.THRESHOLD_HELP}"),
@@ -748,7 +758,7 @@ def test_bad_reference_threshold_and_report_folder_are_one_line(calibrated, tmp_
 def test_report_folder_per_file_and_dense_frames(tmp_path, tiny_ckpt, face_video, capsys):
     image, reports = face_image(tmp_path), tmp_path / "reports"
     common = ["--image", str(image), "--checkpoint", str(tiny_ckpt), "--report", str(reports), "--device", "cpu"]
-    rows = evaluate.main(["--video", str(face_video), "--frames", "3", *common])
+    rows = evaluate.main([*FP32, "--video", str(face_video), "--frames", "3", *common])
     assert sorted(p.name for p in (reports / "face").iterdir()) == ["annotated.mp4", "faces.png", "report.json",
                                                                    "saliency.npz", "timeline.png"]
     assert sorted(p.name for p in (reports / "face~2").iterdir()) == ["faces.png", "report.json", "saliency.npz",
@@ -764,7 +774,7 @@ def test_report_folder_per_file_and_dense_frames(tmp_path, tiny_ckpt, face_video
     with np.load(reports / "face" / "saliency.npz") as maps:
         assert sorted(maps) == ["person1/frame0", "person1/frame3", "person1/frame7"]
         assert maps["person1/frame3"].shape == (224, 224) and 0 <= maps["person1/frame3"].min()
-    evaluate.main(["--video", str(face_video), "--frames", "all", *common])
+    evaluate.main([*FP32, "--video", str(face_video), "--frames", "all", *common])
     report = json.loads((reports / "face" / "report.json").read_text())
     assert report["frames_seen"] == 8 and len(report["persons"][0]["frames"]) == 8  # every frame: dense
 
@@ -779,7 +789,7 @@ def test_video_that_cannot_be_re_read_loses_only_its_annotation(tmp_path, tiny_c
         Path(path).write_bytes(b"gone")  # replaced while it was scored
         return frames
     monkeypatch.setattr(preprocess, "read_frames", read_then_damage)
-    rows = evaluate.main(["--video", str(video), "--checkpoint", str(tiny_ckpt), "--report", str(tmp_path / "r"),
+    rows = evaluate.main([*FP32, "--video", str(video), "--checkpoint", str(tiny_ckpt), "--report", str(tmp_path / "r"),
                           "--out", str(out), "--device", "cpu"])
     says = f"{video}: cannot re-read {video} to write annotated.mp4: OpenCV cannot open or decode it now; " \
            f"the rest of the report is written"
@@ -831,7 +841,7 @@ def test_single_file_modes_refused_under_torchrun(monkeypatch, capsys, tmp_path)
     monkeypatch.setenv("WORLD_SIZE", "2")
     for argv in (["--video", "v.mp4"], ["--curves", str(tmp_path)]):
         with pytest.raises(SystemExit) as e:
-            evaluate.main(argv + ["--device", "cpu"])
+            evaluate.main([*FP32, *argv] + ["--device", "cpu"])
         assert e.value.code == 2
         assert "run in one process: start them with python, not torchrun" in capsys.readouterr().err
 
@@ -860,7 +870,7 @@ def test_checkpoint_einval_said_as_truncated(split, tmp_path, tiny_ckpt, monkeyp
         raise OSError(errno.EINVAL, "Invalid argument")
     monkeypatch.setattr(clip_vit, "load_detector", einval)
     with pytest.raises(SystemExit) as e:
-        evaluate.main(["--dataset", "cdfv2", "--checkpoint", str(tiny_ckpt), "--data", str(split)])
+        evaluate.main([*FP32, "--dataset", "cdfv2", "--checkpoint", str(tiny_ckpt), "--data", str(split)])
     assert str(e.value) == (f"error: cannot load checkpoint {tiny_ckpt}: the file is truncated or "
                             "corrupt (copy it again, or use the run's last.pt)")
 
@@ -905,7 +915,7 @@ def test_full_disk_while_writing_outputs(split, finished, tiny_ckpt, monkeypatch
             real(path, content)
         monkeypatch.setattr(files, "atomic_write", full)
         with pytest.raises(SystemExit) as e:
-            evaluate.main(["--dataset", "cdfv2", "--checkpoint", str(tiny_ckpt), "--data", str(split),
+            evaluate.main([*FP32, "--dataset", "cdfv2", "--checkpoint", str(tiny_ckpt), "--data", str(split),
                            "--out", str(finished), "--workers", "0"])
         message = str(e.value)
         assert message.startswith("error: cannot write ") and name in message and "\n" not in message
@@ -932,7 +942,7 @@ def test_killed_evaluate_leaves_no_loader_workers(make_split, tmp_path, tiny_ckp
     data = tmp_path / "data"  # enough crops that the run is still scoring when killed
     make_split(data, "cdfv2", [("Celeb-real", 0, f"r{k}", range(100)) for k in range(4)]
                + [("Celeb-synthesis", 1, f"f{k}", range(100)) for k in range(4)])
-    p = subprocess.Popen([sys.executable, "evaluate.py", "--dataset", "cdfv2", "--checkpoint", str(tiny_ckpt),
+    p = subprocess.Popen([sys.executable, "evaluate.py", *FP32, "--dataset", "cdfv2", "--checkpoint", str(tiny_ckpt),
                           "--data", str(data), "--out", str(tmp_path / "out"), "--workers", "2",
                           "--batch-size", "2", "--device", "cpu"],
                          cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -972,7 +982,7 @@ def test_curves_figure_and_best_per_run(tmp_path, capsys, monkeypatch):
     # a resumed run logs step 100 again: the later record counts
     with open(runs / "ln" / "log.jsonl", "a") as fh:
         fh.write(json.dumps({"step": 100, "epoch": 0, "epoch_done": True, "val_video_auroc": 0.82}) + "\n")
-    curves = evaluate.main(["--curves", str(runs / "ln"), str(runs / "full"), "--out", str(tmp_path / "fig")])
+    curves = evaluate.main([*FP32, "--curves", str(runs / "ln"), str(runs / "full"), "--out", str(tmp_path / "fig")])
     printed = capsys.readouterr().out.splitlines()
     assert printed[0] == (f"{runs / 'ln'}: best val video AUROC 86.00% at step 200 (epoch 1); "
                           "3 validation record(s), last 84.00%")
@@ -982,7 +992,7 @@ def test_curves_figure_and_best_per_run(tmp_path, capsys, monkeypatch):
     assert curves[0].auroc == [0.82, 0.86, 0.84] and curves[1].steps == [100, 150, 200]
     img = cv2.imread(str(tmp_path / "fig" / "curves.png"))  # what it holds: tests/test_plots.py
     assert img is not None and img.shape[0] > 300
-    evaluate.main(["--curves", str(runs / "ln"), "--x", "epoch"])  # default: the current folder
+    evaluate.main([*FP32, "--curves", str(runs / "ln"), "--x", "epoch"])  # default: the current folder
     assert "written to curves.png" in capsys.readouterr().out
     assert (tmp_path / "curves.png").is_file()
 
@@ -1015,11 +1025,11 @@ def test_torchrun_two_cpu_ranks_same_outputs_as_one_process(make_split, tmp_path
     common = ["--dataset", "cdfv2", "--checkpoint", str(tiny_ckpt), "--data", str(data),
               "--workers", "0", "--device", "cpu", "--batch-size", "3", "--perturb", "jpeg=50", "noise=0.1"]
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-                        f"--master_port={U.free_port()}", "evaluate.py", *common, "--out", str(tmp_path / "multi")],
+                        f"--master_port={U.free_port()}", "evaluate.py", *FP32, *common, "--out", str(tmp_path / "multi")],
                        cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("| CDFv2 | video |") == 1  # rank 0 prints, rank 1 does not
-    evaluate.main([*common, "--out", str(tmp_path / "single")])
+    evaluate.main([*FP32, *common, "--out", str(tmp_path / "single")])
 
     def outputs(folder: Path):
         rows = list(csv.DictReader(open(folder / "cdfv2" / "videos.csv")))

@@ -11,6 +11,9 @@ import evaluate
 import preprocess
 import train
 
+# the tests compare p_fake with fp32 references: auto would take bf16 on a CPU with AMX
+FP32 = ["--precision", "fp32"]
+
 SPLITS = {"train": [["000", "001"], ["002", "003"]], "val": [["004", "005"]], "test": [["006", "007"]]}
 METHODS = FFPP_SOURCES[1:]  # the paper's four manipulations
 
@@ -51,11 +54,11 @@ def test_readme_smoke_run(tmp_path, capsys):
     assert len(epochs) == 2 and all(e["val_video_auroc"] is not None for e in epochs)
 
     out = tmp_path / "eval"
-    evaluate.main(["--dataset", "ff++", "--checkpoint", str(best), "--data", str(data), "--out", str(out)])
+    evaluate.main([*FP32, "--dataset", "ff++", "--checkpoint", str(best), "--data", str(data), "--out", str(out)])
     metrics = json.loads((out / "ff++" / "metrics.json").read_text())
     assert metrics["video"]["n"] == 5 and set(metrics["per_source"]) == set(METHODS)
     assert (out / "ff++" / "roc.png").is_file()
 
     capsys.readouterr()
-    evaluate.main(["--video", str(video), "--checkpoint", str(best)])
+    evaluate.main([*FP32, "--video", str(video), "--checkpoint", str(best)])
     assert "p_fake" in capsys.readouterr().out

@@ -29,9 +29,15 @@ def test_cells():
 
 def test_metrics_table_shows_every_auroc_with_its_interval():
     table = results.metrics_table([result("cdfv2", 0.9591, 0.947, 0.9702)])
-    assert table.splitlines()[0] == "| dataset | level | count | real | fake | AUROC [95% CI] | AP | EER | Acc@0.5 |"
-    assert "| CDFv2 | video | 10 | 4 | 6 | 95.91 [94.70, 97.02] | 50.00 | 25.00 | 75.00 |" in table
+    assert table.splitlines()[0] == ("| dataset | level | count | real | fake | AUROC [95% CI] | AP | EER | Acc@0.5 "
+                                     "| Acc@thr | TPR@1%FPR | TPR@5%FPR |")
+    assert "| CDFv2 | video | 10 | 4 | 6 | 95.91 [94.70, 97.02] | 50.00 | 25.00 | 75.00 | n/a | n/a | n/a |" in table
     assert "| CDFv2 | frame | 30 | 12 | 18 | 95.91 [94.70, 97.02] |" in table
+    # with the reference's threshold: accuracy at it and the TPR at two false-alarm rates, and where it comes from
+    video = metrics(0.9591, 0.947, 0.9702) | {"acc_ref": 0.8, "tpr@1%fpr": 0.5, "tpr@5%fpr": 0.625}
+    table = results.metrics_table([result("cdfv2", 0.9591, 0.947, 0.9702, threshold={"value": 0.41, "how": "eer"})
+                                   | {"video": video}])
+    assert "| 75.00 | 80.00 | 50.00 | 62.50 |" in table and "accuracy at threshold 0.4100 (eer)" in table
 
 
 def test_paper_table_with_the_paper_row_beneath():

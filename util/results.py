@@ -46,17 +46,22 @@ def points(x: float) -> str:
 
 def metrics_table(results: list[dict]) -> str:
     """All metrics per dataset and level, with counts; n/a cells explained below the table."""
-    lines = ["| dataset | level | count | real | fake | AUROC [95% CI] | AP | EER | Acc@0.5 |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| dataset | level | count | real | fake | AUROC [95% CI] | AP | EER | Acc@0.5 | Acc@thr "
+             "| TPR@1%FPR | TPR@5%FPR |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     notes = []
     for r in results:
         name = display(r["dataset"])
         for level in ("video", "frame"):
             m = r[level]
             lines.append(f"| {name} | {level} | {m['n']} | {m['n_real']} | {m['n_fake']} | "
-                         f"{auroc_cell(m)} | {pct(m['ap'])} | {pct(m['eer'])} | {pct(m['acc'])} |")
+                         f"{auroc_cell(m)} | {pct(m['ap'])} | {pct(m['eer'])} | {pct(m['acc'])} | "
+                         f"{pct(m.get('acc_ref'))} | {pct(m.get('tpr@1%fpr'))} | {pct(m.get('tpr@5%fpr'))} |")
             if m.get("undefined"):
                 notes.append(f"- {name} {level}: {m['undefined']}")
+    if results and "threshold" in results[0]:
+        t = results[0]["threshold"]
+        notes.append(f"- Acc@thr: accuracy at threshold {t['value']:.4f} ({t['how']}); TPR@x%FPR: on each "
+                     f"dataset's own real videos")
     return "\n".join(lines + ([""] + notes if notes else []))
 
 
