@@ -18,12 +18,22 @@ def test_bench_writes_every_part(tmp_path, capsys):
     bench.main(["--device", "cpu", "--model", "tiny", "--repeat", "1", "--frames", "4", "--preprocess-videos", "1",
                 "--data-images", "4", "--json", str(out)])
     results = json.loads(out.read_text())
-    assert set(results) >= {"device", "forward", "train_step", "preprocess", "data", "bottleneck", "recipe_minutes"}
-    f = results["forward"]  # each figure is what its definition says, from the timings it is made of
-    assert f["dtype"] == "float32"  # bf16 only on CUDA
-    assert f["images_per_s"] == pytest.approx(f["batch_size"] / f["seconds"])
-    assert f["tflop_per_s"] == pytest.approx(bench.VIT_L14_FLOPS * f["batch_size"] / f["seconds"] / 1e12)
-    assert f["gemm_fraction"] == pytest.approx(f["tflop_per_s"] / f["gemm_tflop_per_s"])
+    assert set(results) >= {"device", "precision", "forward", "precisions", "train_step", "preprocess", "data",
+                            "video", "bottleneck", "recipe_minutes"}
+    # the forward in both precisions on the CPU, ours beside OpenAI's; `forward` is the run's precision
+    assert set(results["precisions"]) == {"fp32", "bf16"}
+    assert results["forward"] == results["precisions"][results["precision"].split()[0]]
+    for precision, f in results["precisions"].items():  # each figure is what its definition says
+        assert f["precision"] == precision and f["dtype"] == {"fp32": "float32", "bf16": "bfloat16"}[precision]
+        assert f["images_per_s"] == pytest.approx(f["batch_size"] / f["seconds"])
+        assert f["tflop_per_s"] == pytest.approx(bench.VIT_L14_FLOPS * f["batch_size"] / f["seconds"] / 1e12)
+        assert f["gemm_fraction"] == pytest.approx(f["tflop_per_s"] / f["gemm_tflop_per_s"])
+        assert f["ratio_to_peer"] == pytest.approx(f["images_per_s"] / f["peer"]["images_per_s"])
+    f = results["forward"]
+    v = results["video"]  # whole evaluate.py --video runs: fp32, bf16, and --report
+    assert set(v["seconds"]) == {"fp32", "bf16", "report"} and v["frames"] == 4
+    assert v["bf16_speedup"] == pytest.approx(v["seconds"]["fp32"] / v["seconds"]["bf16"])
+    assert v["report_cost"] == pytest.approx(v["seconds"]["report"] / v["seconds"][v["report_precision"]])
     step = results["train_step"]
     assert step["batch_size"] == 8
     for s in (step, step["checkpointing"]):
@@ -62,6 +72,7 @@ def test_bench_writes_every_part(tmp_path, capsys):
     assert results["recipe_minutes"] == pytest.approx(r["epochs"] * r["frames_per_epoch"] / r["images_per_s"] / 60)
     printed = capsys.readouterr().out
     assert "| preprocess (1280x720, 1 core) |" in printed and "| bottleneck |" in printed
+    assert "| forward (bf16, batch 8) |" in printed and "| `evaluate.py --video`, 4-frame 720p clip (tiny) |" in printed
 
 
 def test_bad_flags_are_usage_errors():
