@@ -14,7 +14,7 @@ CPU, CUDA = torch.device("cpu"), torch.device("cuda", 0)
 
 @pytest.fixture
 def fresh_check():
-    """cpu_bf16 decides again in this test, and the process's real answer comes back after it."""
+    """cpu_bf16 decides afresh in this test, and its faked answer is not cached for the tests after it."""
     P.cpu_bf16.cache_clear()
     yield
     P.cpu_bf16.cache_clear()

@@ -63,7 +63,7 @@ import clip_vit as cv
 import data
 import train
 from util import checkpoint
-from util.cli import at_least, device_flag
+from util.cli import at_least, device_flag, resolve_device
 from util.layouts import Video
 from util.precision import PRECISIONS, autocast, resolve_precision
 
@@ -620,11 +620,7 @@ def table(results: dict) -> str:
 def device_arg(text: str) -> torch.device:
     """train.py's --device check (valid and present), as a torch.device with an explicit index (the
     memory counters and the card's name need one)."""
-    name = device_flag(text)
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    return torch.device("cuda", device.index or 0) if device.type == "cuda" else device
+    return resolve_device(device_flag(text))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

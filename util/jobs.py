@@ -39,6 +39,7 @@ from util.files import atomic_write, csv_text
 from util.layouts import (DATASETS, FAILURE_FIELDS, WHERE_TO_GET, LayoutError, Video, default_roots,
                           find_dataset, list_videos, output_name, read_failures, rel_path,
                           write_index)
+from util.signals import ignore_stop_signals
 
 
 @dataclass
@@ -143,7 +144,7 @@ def _init_worker(setup: Setup, parent: int | None = None) -> None:
     global _STATE
     if parent is not None:
         cv2.setNumThreads(1)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        ignore_stop_signals(ctrl_c=False)
         _exit_with_parent(parent)
     _STATE = setup()
 

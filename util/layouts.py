@@ -15,7 +15,6 @@ import contextlib
 import csv
 import glob
 import json
-import os
 import re
 import sys
 from collections import Counter

@@ -43,10 +43,13 @@ class StopSignals:
         self.signum = signum
 
 
-def ignore_stop_signals(*_) -> None:
-    """In a worker process (a DataLoader worker, a preprocessing job): ignore SIGINT and SIGTERM.
-    Ctrl-C and a cluster's SIGTERM reach every process of the job; a worker killed by them would
-    make the main process fail before it can stop cleanly (train.py first writes last.pt). The
-    main process shuts its workers down. Takes and ignores a worker id (worker_init_fn)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def ignore_stop_signals(*_, ctrl_c: bool = True) -> None:
+    """In a worker process (a DataLoader worker, a preprocessing job): ignore SIGTERM, and SIGINT
+    unless ctrl_c is False. Ctrl-C and a cluster's SIGTERM reach every process of the job; a worker
+    killed by them would make the main process fail before it can stop cleanly (train.py first
+    writes last.pt). The main process shuts its workers down. preprocess.py's workers keep Ctrl-C
+    (ctrl_c=False): they drop the videos in flight at once, and the main process says so. Takes
+    and ignores a worker id (worker_init_fn)."""
+    if ctrl_c:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
