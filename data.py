@@ -232,18 +232,10 @@ def video_scores(video_keys, frame_scores) -> dict:
 
 
 def equal_error_rate(fpr: np.ndarray, tpr: np.ndarray) -> float:
-    """EER: the rate where FPR = FNR on the ROC curve, linearly interpolated between points.
-
-    Along the curve (thresholds decreasing) FNR - FPR falls from 1 to -1; the EER is where
-    the segment between the last point with FNR > FPR and the first with FNR <= FPR crosses 0.
-    """
-    fnr = 1.0 - tpr
-    diff = fnr - fpr                                   # non-increasing along the curve
-    i = int(np.argmax(diff <= 0))                      # first point at or past the crossing
-    if diff[i] == 0 or i == 0:
-        return float(fpr[i])
-    t = diff[i - 1] / (diff[i - 1] - diff[i])          # fraction of the segment to the crossing
-    return float(fpr[i - 1] + t * (fpr[i] - fpr[i - 1]))
+    """EER: the rate where FPR = FNR on the ROC curve, linearly interpolated between the points
+    on either side of the crossing (util.stats.at_equal_error, which also gives the threshold there)."""
+    from util.stats import at_equal_error  # imported here, as scikit-learn below: not at start-up
+    return at_equal_error(fpr, tpr, fpr)
 
 
 def compute_metrics(labels, scores, threshold: float = 0.5) -> dict:

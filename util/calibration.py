@@ -225,18 +225,13 @@ def eer_threshold(reference: Reference) -> float:
     points' thresholds in the same proportion as the rate. roc_curve's point k calls fake the
     scores >= its threshold, which this project's rule (p_fake > threshold) calls fake at the next
     lower score: the point's threshold here (0 for the last point, every video fake). So the
-    threshold found lies among those that give the first point with FNR <= FPR. Computed here,
-    from roc_curve, as util/ never imports the scripts."""
+    threshold found lies among those that give the first point with FNR <= FPR."""
     from sklearn.metrics import roc_curve  # imported here: a quarter of every command's start-up
+    from util.stats import at_equal_error  # data.equal_error_rate's crossing, for the threshold
     labels = np.r_[np.zeros(reference.real.size), np.ones(reference.fake.size)]
     fpr, tpr, at_least = roc_curve(labels, np.r_[reference.real, reference.fake], drop_intermediate=False)
     above = np.r_[at_least[1:], 0.0]                   # the same points as p_fake > threshold
-    gap = (1.0 - tpr) - fpr                            # FNR - FPR, non-increasing along the curve
-    k = int(np.argmax(gap <= 0))                       # first point at or past the crossing
-    if k == 0 or gap[k] == 0:
-        return float(above[k])
-    share = gap[k - 1] / (gap[k - 1] - gap[k])         # how far along the segment it crosses
-    return float(above[k - 1] + share * (above[k] - above[k - 1]))
+    return at_equal_error(fpr, tpr, above)
 
 
 def fpr_threshold(real, fpr: float) -> float:

@@ -20,6 +20,19 @@ def _check(labels, scores) -> tuple[np.ndarray, np.ndarray]:
     return fake, scores
 
 
+def at_equal_error(fpr: np.ndarray, tpr: np.ndarray, values: np.ndarray) -> float:
+    """`values` (one per point of a ROC curve, thresholds decreasing) at the equal error rate, where
+    FNR = FPR. Along the curve FNR - FPR falls from 1 to -1; the crossing lies on the segment from
+    the last point with FNR > FPR to the first with FNR <= FPR, and `values` is interpolated
+    linearly along it. values = fpr gives the EER itself; values = the thresholds, the threshold there."""
+    gap = (1.0 - tpr) - fpr                            # FNR - FPR, non-increasing along the curve
+    k = int(np.argmax(gap <= 0))                       # first point at or past the crossing
+    if k == 0 or gap[k] == 0:
+        return float(values[k])
+    share = gap[k - 1] / (gap[k - 1] - gap[k])         # how far along the segment it crosses
+    return float(values[k - 1] + share * (values[k] - values[k - 1]))
+
+
 def auroc(labels, scores) -> float:
     """Area under the ROC curve as the Mann-Whitney statistic: the chance that a random fake scores
     above a random real, ties counting 1/2 (mid-ranks). Equals sklearn's roc_auc_score. ValueError
