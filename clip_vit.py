@@ -1,41 +1,29 @@
-"""CLIP in plain PyTorch (OpenAI's model.py, module for module) and the deepfake detector built on
-its image tower: the paper's model.
+"""CLIP in plain PyTorch (OpenAI's model.py, module for module, so their weights load with
+strict=True) and the paper's detector on its image tower: ln_post class token -> L2 norm -> Linear.
 
-  1. the model: OpenAI's modules and parameter names, so their checkpoints load with strict=True,
-  2. the detector (ln_post class token -> L2 normalise -> Linear(width, 2)) and LN-tuning,
-  3. build_model / build_visual / tiny models: every size inferred from the tensors,
-  4. load / load_detector / tokenize / image_transform: thin entry points over util/ (downloads,
-     file checks, the tokenizer, this project's and the authors' checkpoint formats).
-
-    >>> model = load("ViT-L/14")                       # downloads ~890 MB once into ~/.cache/clip
-    >>> detector = load_detector("authors")            # the paper's released weights
-    >>> p_fake = detector(images).softmax(-1)[:, 1]    # images: [N, 3, 224, 224], image_transform()
+    detector = load_detector("authors")            # or runs/<name>/best.pt
+    p_fake = detector(images).softmax(-1)[:, 1]    # images [N, 3, 224, 224] from image_transform()
 """
-from __future__ import annotations
-
 import os
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from torchvision.transforms import v2
 
-from util import authors, checkpoint as ckpt_format
-from util.clip_weights import read_clip_weights
-from util.download import AUTHORS_URL, download
+from util import checkpoint as ckpt_format
+from util.download import AUTHORS_URL, download, read_clip_weights
 from util.tokenizer import Tokenizer
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
+TUNING = ("ln", "linear-probe", "full")
 
-# ==============================================================================================
-# 1. The model
-# ==============================================================================================
 
 class MLP(nn.Module):
-    """c_fc -> QuickGELU -> c_proj, where QuickGELU(x) = x * sigmoid(1.702 x) is what OpenAI trained
-    with (not the exact GELU). Written as silu(1.702 x) / 1.702 with both constants folded into the
-    GEMMs (addmm's alpha and beta cost nothing): one elementwise pass instead of three."""
+    """c_fc -> QuickGELU(z) = z * sigmoid(1.702 z), as OpenAI trained it -> c_proj. Computed as silu(1.702 z)
+    / 1.702 with both constants folded into the GEMMs' alpha and beta: one elementwise pass, not three."""
 
     def __init__(self, width: int, hidden: int):
         super().__init__()
@@ -43,12 +31,12 @@ class MLP(nn.Module):
         self.c_proj = nn.Linear(hidden, width)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape                                                 # [N, 257, 1024]
-        z = torch.addmm(self.c_fc.bias, x.reshape(-1, shape[-1]), self.c_fc.weight.t(),
-                        beta=1.702, alpha=1.702)                        # 1.702 (x W + b): [N*257, 4096]
-        h = F.silu(z)                                                   # 1.702 x sigmoid(1.702 x)
-        out = torch.addmm(self.c_proj.bias, h, self.c_proj.weight.t(), alpha=1 / 1.702)  # [N*257, 1024]
         # OpenAI's form: z = self.c_fc(x); return self.c_proj(z * torch.sigmoid(1.702 * z))
+        shape = x.shape                                                                   # [N, 257, 1024]
+        z = torch.addmm(self.c_fc.bias, x.reshape(-1, shape[-1]), self.c_fc.weight.t(),
+                        beta=1.702, alpha=1.702)                                          # [N*257, 4096]
+        h = F.silu(z)                                                                     # 1.702 QuickGELU(z)
+        out = torch.addmm(self.c_proj.bias, h, self.c_proj.weight.t(), alpha=1 / 1.702)  # [N*257, 1024]
         return out.view(*shape[:-1], -1)
 
 
@@ -58,23 +46,18 @@ class Attention(nn.Module):
     def __init__(self, width: int, heads: int):
         super().__init__()
         self.heads = heads
-        self.in_proj_weight = nn.Parameter(torch.empty(3 * width, width))
+        self.in_proj_weight = nn.Parameter(torch.zeros(3 * width, width))  # loaded or init_weights()
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * width))
         self.out_proj = nn.Linear(width, width)
 
     def forward(self, x: torch.Tensor, causal: bool = False, first_only: bool = False) -> torch.Tensor:
         """first_only: only the first token (the class token) queries; its row alone is returned."""
-        n, length, width = x.shape                                         # [N, 257, 1024]
-        if first_only:
-            q = F.linear(x[:, :1], self.in_proj_weight[:width], self.in_proj_bias[:width])  # [N, 1, 1024]
-            kv = F.linear(x, self.in_proj_weight[width:], self.in_proj_bias[width:])        # [N, 257, 2048]
-            q = q.view(n, 1, self.heads, -1).transpose(1, 2)                                # [N, 16, 1, 64]
-            k, v = kv.view(n, length, 2, self.heads, -1).permute(2, 0, 3, 1, 4)             # 2 x [N, 16, 257, 64]
-        else:
-            qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)                       # [N, 257, 3072]
-            q, k, v = qkv.view(n, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)         # 3 x [N, 16, 257, 64]
-        x = F.scaled_dot_product_attention(q, k, v, is_causal=causal)      # [N, 16, 257, 64], strided views: no copies
-        return self.out_proj(x.transpose(1, 2).reshape(n, q.shape[2], width))  # [N, 257, 1024]
+        n, length, width = x.shape                                                        # [N, 257, 1024]
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)                         # [N, 257, 3072]
+        q, k, v = qkv.view(n, length, 3, self.heads, -1).permute(2, 0, 3, 1, 4)           # [N, 16, 257, 64]
+        q = q[:, :, :1] if first_only else q                                              # [N, 16, 1, 64]
+        x = F.scaled_dot_product_attention(q, k, v, is_causal=causal)                     # [N, 16, 257, 64]
+        return self.out_proj(x.transpose(1, 2).reshape(n, q.shape[2], width))            # [N, 257, 1024]
 
 
 class ResidualAttentionBlock(nn.Module):
@@ -87,7 +70,7 @@ class ResidualAttentionBlock(nn.Module):
         self.ln_2 = nn.LayerNorm(width)
 
     def forward(self, x: torch.Tensor, first_only: bool = False) -> torch.Tensor:
-        """first_only: compute only the class token's output (all tokens still serve as keys)."""
+        """first_only: only the class token's output (all tokens still serve as keys)."""
         # OpenAI's form: x = x + self.attn(self.ln_1(x)); first_only keeps its first row, x[:, :1]
         x = (x[:, :1] if first_only else x) + self.attn(self.ln_1(x), self.causal, first_only)
         return x + self.mlp(self.ln_2(x))
@@ -111,9 +94,8 @@ class Transformer(nn.Module):
         return x
 
     def init_weights(self) -> None:
-        """OpenAI's initialisation (used by the tiny random models in tests and smoke runs)."""
-        attn_std = self.width ** -0.5
-        proj_std = attn_std * (2 * self.layers) ** -0.5
+        """OpenAI's initialisation (the tiny random models of tests and smoke runs)."""
+        attn_std, proj_std = self.width ** -0.5, self.width ** -0.5 * (2 * self.layers) ** -0.5
         for block in self.resblocks:
             nn.init.normal_(block.attn.in_proj_weight, std=attn_std)
             nn.init.normal_(block.attn.out_proj.weight, std=proj_std)
@@ -129,7 +111,8 @@ class VisionTransformer(nn.Module):
         scale = width ** -0.5
         self.conv1 = nn.Conv2d(3, width, kernel_size=patch_size, stride=patch_size, bias=False)
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
-        self.positional_embedding = nn.Parameter(scale * torch.randn((input_resolution // patch_size) ** 2 + 1, width))
+        tokens = (input_resolution // patch_size) ** 2 + 1
+        self.positional_embedding = nn.Parameter(scale * torch.randn(tokens, width))
         self.ln_pre = nn.LayerNorm(width)
         self.transformer = Transformer(width, layers, heads)
         self.ln_post = nn.LayerNorm(width)
@@ -137,19 +120,19 @@ class VisionTransformer(nn.Module):
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim)) if output_dim else None
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """ln_post of the class token: the 1024-d feature the detector is built on."""
-        x = self.conv1(x.to(self.conv1.weight.dtype))                   # [N, 1024, 16, 16]
-        x = x.flatten(2).transpose(1, 2)                                # [N, 256, 1024]
-        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)  # [N, 1, 1024]
-        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)  # [N, 257, 1024]
+        """ln_post of the class token: the feature the detector is built on."""
+        x = self.conv1(x.to(self.conv1.weight.dtype))                                     # [N, 1024, 16, 16]
+        x = x.flatten(2).transpose(1, 2)                                                  # [N, 256, 1024]
+        cls = self.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)                  # [N, 1, 1024]
+        x = torch.cat([cls, x], dim=1) + self.positional_embedding.to(x.dtype)            # [N, 257, 1024]
         # Only the class token leaves the tower, so the last block computes its row alone.
         # OpenAI's form: x = self.transformer(self.ln_pre(x)) -> [N, 257, 1024], then x[:, 0]
-        x = self.transformer(self.ln_pre(x), first_only=True)           # [N, 1, 1024]
-        return self.ln_post(x[:, 0])                                    # [N, 1024]
+        x = self.transformer(self.ln_pre(x), first_only=True)                             # [N, 1, 1024]
+        return self.ln_post(x[:, 0])                                                      # [N, 1024]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.forward_features(x)                                    # [N, 1024]
-        return x @ self.proj if self.proj is not None else x            # [N, 768]
+        x = self.forward_features(x)                                                      # [N, 1024]
+        return x @ self.proj if self.proj is not None else x                              # [N, 768]
 
 
 class CLIP(nn.Module):
@@ -157,69 +140,85 @@ class CLIP(nn.Module):
                  vision_patch_size: int, context_length: int, vocab_size: int, transformer_width: int,
                  transformer_heads: int, transformer_layers: int):
         super().__init__()
-        self.context_length = context_length
         self.visual = VisionTransformer(image_resolution, vision_patch_size, vision_width, vision_layers,
                                         vision_width // 64, embed_dim)
         self.transformer = Transformer(transformer_width, transformer_layers, transformer_heads, causal=True)
         self.token_embedding = nn.Embedding(vocab_size, transformer_width)
         self.positional_embedding = nn.Parameter(0.01 * torch.randn(context_length, transformer_width))
         self.ln_final = nn.LayerNorm(transformer_width)
-        self.text_projection = nn.Parameter(transformer_width ** -0.5 * torch.randn(transformer_width, embed_dim))
+        scale = transformer_width ** -0.5
+        self.text_projection = nn.Parameter(scale * torch.randn(transformer_width, embed_dim))
         self.logit_scale = nn.Parameter(torch.tensor(1 / 0.07).log())
         nn.init.normal_(self.token_embedding.weight, std=0.02)
         self.visual.transformer.init_weights()
         self.transformer.init_weights()
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
-        return self.visual(image)                                       # [N, 768]
+        return self.visual(image)                                                         # [N, 768]
 
     def encode_text(self, text: torch.Tensor) -> torch.Tensor:
-        x = self.token_embedding(text) + self.positional_embedding      # [N, 77, 768]
-        x = self.ln_final(self.transformer(x))                          # [N, 77, 768]
+        x = self.token_embedding(text) + self.positional_embedding                        # [N, 77, 768]
+        x = self.ln_final(self.transformer(x))                                            # [N, 77, 768]
         eot = text.argmax(dim=-1)  # the end-of-text token has the largest id in the vocabulary
-        return x[torch.arange(x.shape[0]), eot] @ self.text_projection  # [N, 768]
+        return x[torch.arange(x.shape[0]), eot] @ self.text_projection                    # [N, 768]
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         image_features = F.normalize(self.encode_image(image), dim=-1)
         text_features = F.normalize(self.encode_text(text), dim=-1)
-        logits_per_image = self.logit_scale.exp() * image_features @ text_features.t()  # [N_img, N_txt]
+        logits_per_image = self.logit_scale.exp() * image_features @ text_features.t()    # [N_img, N_txt]
         return logits_per_image, logits_per_image.t()
 
 
-# ==============================================================================================
-# 2. The detector and LN-tuning
-# ==============================================================================================
+# ---------------------------------------------------------------- the detector and LN-tuning
+
+class Head(nn.Linear):
+    """Linear, in fp32 even under bf16 autocast: bf16 logits would round p_fake to a few hundred values."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return super().forward(x.float())                                             # [N, 2] fp32
+
 
 class DeepfakeDetector(nn.Module):
     """CLIP image tower -> ln_post(class token) -> L2 normalise -> Linear(width, 2). Class 1 = fake.
-
-    normalize=False skips the L2 normalisation: the head then reads the raw ln_post features
-    (the paper's "LN-tuning" row without "+ L2 norm"; the authors' `linear` head)."""
+    normalize=False feeds the raw ln_post features to the head (the paper's row without L2 norm)."""
 
     def __init__(self, visual: VisionTransformer, normalize: bool = True):
         super().__init__()
         self.visual = visual
         self.normalize = normalize
-        self.head = nn.Linear(visual.width, 2)
+        self.head = Head(visual.width, 2)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        x = self.visual.forward_features(images)                        # [N, 1024]
-        return F.normalize(x, dim=-1) if self.normalize else x          # on the unit hypersphere
+        x = self.visual.forward_features(images).float()                                  # [N, 1024]
+        return F.normalize(x, dim=-1) if self.normalize else x                            # on the unit sphere
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(images))                         # [N, 2]
+        return self.head(self.features(images))                                           # [N, 2]
 
 
-TUNING = ("ln", "linear-probe", "full")
+def cast_for_inference(visual: VisionTransformer, dtype: torch.dtype) -> None:
+    """The frozen matrices (patch embedding, attention, MLP) stored in `dtype` once, for a run that only
+    scores under autocast to `dtype`: the very cast autocast makes of each weight on every call (no
+    number changes). LayerNorms and embeddings stay fp32, as autocast keeps them."""
+    visual.conv1.to(dtype)
+    for block in visual.transformer.resblocks:
+        block.attn.to(dtype)
+        block.mlp.to(dtype)
+
+
+def compile_tower(visual: VisionTransformer, frozen: bool) -> None:
+    """torch.compile (inductor) of the tower's blocks, in place: state_dict keys and checkpoints stay.
+    frozen (the run only scores): inductor's freezing takes the weights as constants and folds their
+    bf16 casts once; it applies to what is compiled without grad (inference_mode), as evaluate.py scores."""
+    visual.transformer.compile(options={"freezing": frozen})
 
 
 def set_trainable(detector: DeepfakeDetector, tuning: str) -> int:
-    """Which tensors train: "ln" = every LayerNorm's weight and bias + head (the paper), "linear-probe"
-    = head only, "full" = everything. Returns the number of trainable parameters."""
-    if tuning not in TUNING:
-        raise ValueError(f"tuning must be one of {TUNING}, got {tuning!r}")
+    """Which tensors train: "ln" = every LayerNorm + head (the paper), "linear-probe" = head only,
+    "full" = everything. Returns the number of trainable parameters."""
     detector.requires_grad_(tuning == "full")
-    if detector.visual.proj is not None:  # unused by the detector: no gradient reaches it (DDP would wait for one)
+    if detector.visual.proj is not None:  # unused by the detector: no gradient reaches it (DDP would wait)
         detector.visual.proj.requires_grad_(False)
     if tuning == "ln":
         for module in detector.visual.modules():
@@ -229,43 +228,20 @@ def set_trainable(detector: DeepfakeDetector, tuning: str) -> int:
     return sum(p.numel() for p in detector.parameters() if p.requires_grad)
 
 
-
-def build_detector(clip: str, normalize: bool = True, device: str | torch.device = "cpu",
-                   download_root: str | os.PathLike | None = None) -> DeepfakeDetector:
-    """`clip`: a model name ("ViT-L/14", downloaded), a path to OpenAI weights, or "tiny"."""
-    if clip == "tiny":
-        visual = tiny_visual()
-    else:
-        visual = build_visual(read_clip_weights(clip, download_root, text=False))
-    return DeepfakeDetector(visual, normalize).to(device)
-
-
-# ==============================================================================================
-# 3. Sizes from tensors
-# ==============================================================================================
-
-def _count_blocks(state_dict: dict, prefix: str) -> int:
-    return len({k[len(prefix):].split(".")[0] for k in state_dict if k.startswith(prefix)})
-
-
-def _prepare(state_dict: dict) -> dict:
-    """fp32 floats; drops the non-parameter entries that OpenAI's TorchScript archives carry."""
-    drop = {"input_resolution", "context_length", "vocab_size"}
-    return {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items() if k not in drop}
-
+# ---------------------------------------------------------------- sizes from tensors
 
 def _vision_sizes(sd: dict) -> dict:
-    if "visual.conv1.weight" not in sd:
-        found = "ResNet CLIP" if "visual.layer1.0.conv1.weight" in sd else f"keys like {list(sd)[:3]}"
-        raise ValueError(f"expected a CLIP ViT state dict with 'visual.conv1.weight', found {found}")
-    width, _, patch, _ = sd["visual.conv1.weight"].shape               # [1024, 3, 14, 14]
+    width, _, patch, _ = sd["visual.conv1.weight"].shape                                  # [1024, 3, 14, 14]
     grid = round((sd["visual.positional_embedding"].shape[0] - 1) ** 0.5)
     return dict(input_resolution=patch * grid, patch_size=patch, width=width,
-                layers=_count_blocks(sd, "visual.transformer.resblocks."), heads=width // 64)
+                layers=len({k.split(".")[3] for k in sd if k.startswith("visual.transformer.resblocks.")}),
+                heads=width // 64)
 
 
-def _build(module_fn, sd: dict) -> nn.Module:
-    """Builds on the meta device (no random init of 300M weights) and adopts the given tensors."""
+def _build(module_fn, state_dict: dict) -> nn.Module:
+    """On the meta device (no random init of 300M weights), adopting the tensors in fp32."""
+    drop = {"input_resolution", "context_length", "vocab_size"}  # extra entries of OpenAI's archives
+    sd = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items() if k not in drop}
     with torch.device("meta"):
         module = module_fn()
     module.load_state_dict(sd, strict=True, assign=True)
@@ -273,32 +249,28 @@ def _build(module_fn, sd: dict) -> nn.Module:
 
 
 def build_model(state_dict: dict) -> CLIP:
-    """The whole CLIP from an OpenAI state dict (ViT-B/32, B/16, L/14, L/14@336px), sizes inferred.
-
-    The returned model owns the given tensors (fp32 ones are used as they are, not copied)."""
-    sd = _prepare(state_dict)
-    v = _vision_sizes(sd)
+    """The whole CLIP from an OpenAI state dict (ViT-B/32, B/16, L/14, L/14@336px), sizes inferred."""
+    sd, v = state_dict, _vision_sizes(state_dict)
     text_width = sd["ln_final.weight"].shape[0]
-    sizes = dict(embed_dim=sd["text_projection"].shape[1], image_resolution=v["input_resolution"],
-                 vision_layers=v["layers"], vision_width=v["width"], vision_patch_size=v["patch_size"],
-                 context_length=sd["positional_embedding"].shape[0], vocab_size=sd["token_embedding.weight"].shape[0],
-                 transformer_width=text_width, transformer_heads=text_width // 64,
-                 transformer_layers=_count_blocks(sd, "transformer.resblocks."))
-    return _build(lambda: CLIP(**sizes), sd)
+    return _build(lambda: CLIP(
+        embed_dim=sd["text_projection"].shape[1], image_resolution=v["input_resolution"],
+        vision_layers=v["layers"], vision_width=v["width"], vision_patch_size=v["patch_size"],
+        context_length=sd["positional_embedding"].shape[0], vocab_size=sd["token_embedding.weight"].shape[0],
+        transformer_width=text_width, transformer_heads=text_width // 64,
+        transformer_layers=len({k.split(".")[2] for k in sd if k.startswith("transformer.resblocks.")})), sd)
 
 
 def build_visual(state_dict: dict) -> VisionTransformer:
     """The image tower alone from the `visual.*` keys of a CLIP state dict (`visual.proj` optional)."""
-    sd = {k[len("visual."):]: v for k, v in _prepare(state_dict).items() if k.startswith("visual.")}
-    sizes = _vision_sizes({"visual." + k: v for k, v in sd.items()})
+    sd = {k[len("visual."):]: v for k, v in state_dict.items() if k.startswith("visual.")}
     output_dim = sd["proj"].shape[1] if "proj" in sd else None
-    return _build(lambda: VisionTransformer(**sizes, output_dim=output_dim), sd)
+    return _build(lambda: VisionTransformer(**_vision_sizes(state_dict), output_dim=output_dim), sd)
 
 
 def tiny_visual(width: int = 64, layers: int = 2, heads: int = 1, patch_size: int = 14,
-                input_resolution: int = 224, output_dim: int | None = None, seed: int = 0) -> VisionTransformer:
-    """A small randomly initialised image tower (head width 64) for tests and CPU smoke runs.
-    The same seed always gives the same weights, without touching the global RNG."""
+                input_resolution: int = 224, output_dim: int | None = None,
+                seed: int = 0) -> VisionTransformer:
+    """A small random image tower (head width 64) for tests and smoke runs; the global RNG is untouched."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         visual = VisionTransformer(input_resolution, patch_size, width, layers, heads, output_dim)
@@ -306,50 +278,51 @@ def tiny_visual(width: int = 64, layers: int = 2, heads: int = 1, patch_size: in
     return visual
 
 
-def tiny_clip(seed: int = 0, vocab_size: int = 49408) -> CLIP:
-    """A small randomly initialised CLIP, text tower included (zero-shot tests)."""
+def tiny_clip(seed: int = 0) -> CLIP:
+    """A small random CLIP, text tower included (zero-shot smoke runs)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return CLIP(embed_dim=32, image_resolution=224, vision_layers=2, vision_width=64, vision_patch_size=14,
-                    context_length=77, vocab_size=vocab_size, transformer_width=64, transformer_heads=1,
-                    transformer_layers=2)
+        return CLIP(embed_dim=32, image_resolution=224, vision_layers=2, vision_width=64,
+                    vision_patch_size=14, context_length=77, vocab_size=49408, transformer_width=64,
+                    transformer_heads=1, transformer_layers=2)
 
 
+# ---------------------------------------------------------------- entry points
+
+def build_detector(clip: str, normalize: bool = True, device: str | torch.device = "cpu",
+                   download_root: str | os.PathLike | None = None) -> DeepfakeDetector:
+    """`clip`: a model name ("ViT-L/14", downloaded), a path to OpenAI weights, or "tiny"."""
+    visual = tiny_visual() if clip == "tiny" else build_visual(read_clip_weights(clip, download_root, False))
+    return DeepfakeDetector(visual, normalize).to(device)
 
 
-# ==============================================================================================
-# 4. Entry points: loading, tokens, pixels
-# ==============================================================================================
-
-def load(name_or_path: str, device: str | torch.device = "cpu", download_root: str | os.PathLike | None = None) -> CLIP:
+def load(name_or_path: str, device: str | torch.device = "cpu",
+         download_root: str | os.PathLike | None = None) -> CLIP:
     """CLIP by name (downloaded and cached) or from a local OpenAI archive / state-dict file, in fp32."""
     return build_model(read_clip_weights(name_or_path, download_root)).to(device).eval()
 
 
 def load_detector(source: str | os.PathLike, clip: str | None = None, device: str | torch.device = "cpu",
                   download_root: str | os.PathLike | None = None) -> DeepfakeDetector:
-    """Every kind of detector, in eval mode: this project's checkpoint (trained on `clip`, by default
-    the CLIP its config names), the authors' model.ckpt by path, or "authors" (downloaded)."""
-    fix = authors.DETECTOR_FIX
+    """A detector in eval mode: this project's checkpoint (on `clip`, by default the CLIP its config
+    names), the authors' model.ckpt by path, or "authors" (downloaded)."""
     if str(source) == "authors":
         source = download(AUTHORS_URL, download_root)
-        fix = f"delete {source} and load 'authors' again to download it afresh"
-    ckpt = ckpt_format.read_if_ours(source)
-    if ckpt is None:
-        theirs = authors.read_authors_checkpoint(source, fix)  # a clear error when it is not that either
+    ours = ckpt_format.read_if_ours(source)
+    if ours is None:  # the authors' format, or one line saying the file is neither
+        theirs = ckpt_format.read_authors_checkpoint(source)
         sd = theirs["state_dict"]
-        normalize = authors.authors_normalize(theirs["config"], _vision_sizes(sd), source)
+        normalize = ckpt_format.authors_normalize(theirs["config"], _vision_sizes(sd), source)
         detector = DeepfakeDetector(build_visual(sd), normalize)
-        detector.head.load_state_dict({"weight": sd["head.weight"], "bias": sd["head.bias"]})  # copied to fp32
-        return detector.to(device).eval()
-    ckpt = ckpt_format.checked_checkpoint(ckpt, source)
-    clip = clip or ckpt["config"]["clip"]
-    detector = build_detector(clip, ckpt["config"].get("normalize", True), download_root=download_root)
-    ckpt_format.apply_checkpoint(detector, ckpt, clip)
+        detector.head.load_state_dict({"weight": sd["head.weight"], "bias": sd["head.bias"]})  # to fp32
+    else:
+        clip = clip or ours["config"]["clip"]
+        detector = build_detector(clip, ours["config"].get("normalize", True), download_root=download_root)
+        ckpt_format.apply_checkpoint(detector, ours, clip)
     return detector.to(device).eval()
 
 
-def tokenize(texts: str | list[str], context_length: int = 77, truncate: bool = False,
+def tokenize(texts: str | list[str], context_length: int = 77,
              tokenizer: Tokenizer | None = None) -> torch.Tensor:
     """Texts -> LongTensor [N, context_length]: <|startoftext|> ids <|endoftext|>, zero padded."""
     tokenizer = tokenizer or Tokenizer()
@@ -358,22 +331,15 @@ def tokenize(texts: str | list[str], context_length: int = 77, truncate: bool = 
     for i, text in enumerate(texts):
         ids = [tokenizer.sot, *tokenizer.encode(text), tokenizer.eot]
         if len(ids) > context_length:
-            if not truncate:
-                raise ValueError(f"text {i} has {len(ids)} tokens, more than the context length {context_length}; "
-                                 f"shorten it or pass truncate=True")
-            ids = ids[:context_length - 1] + [tokenizer.eot]
+            raise ValueError(f"text {i} has {len(ids)} tokens, more than the context length {context_length}")
         result[i, :len(ids)] = torch.tensor(ids)
     return result
 
 
-def image_transform(size: int = 224):
-    """CLIP's preprocessing: shortest side to `size` (bicubic), centre crop, scale to [0, 1],
-    normalise. Takes a PIL image, an HWC uint8 array or a CHW uint8 tensor."""
-    from torchvision.transforms import v2  # imported here: the model itself does not need torchvision
-    return v2.Compose([
-        v2.ToImage(),
-        v2.Resize(size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-        v2.CenterCrop(size),
-        v2.ToDtype(torch.float32, scale=True),
-        v2.Normalize(OPENAI_MEAN, OPENAI_STD),
-    ])
+def image_transform(size: int = 224) -> v2.Compose:
+    """CLIP's preprocessing of a PIL image, HWC uint8 array or CHW uint8 tensor: shortest side to
+    `size` (bicubic), centre crop, [0, 1], normalise."""
+    bicubic = v2.InterpolationMode.BICUBIC
+    return v2.Compose([v2.ToImage(), v2.Resize(size, interpolation=bicubic, antialias=True),
+                       v2.CenterCrop(size), v2.ToDtype(torch.float32, scale=True),
+                       v2.Normalize(OPENAI_MEAN, OPENAI_STD)])

@@ -1,54 +1,46 @@
-"""Tiny synthetic videos for the preprocessing tests (a real face from scikit-image), the keypoints
-found again in a crop, placeholder files, the child processes of a command under test (from
-/proc), a free TCP port for a one-machine process group, CSV rows, and `python preprocess.py` as a
-user runs it."""
+"""Test helpers: videos of scikit-image's astronaut, dataset trees, child processes, CSV rows."""
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
+from skimage import data as skimage_data
+
+import preprocess
 
 FACE_CENTRE = (220.0, 121.0)  # centre of the astronaut's face in skimage's 512x512 image
 
 
 def astronaut() -> np.ndarray:
-    from skimage import data
-    return data.astronaut()  # [512, 512, 3] RGB
+    return skimage_data.astronaut()  # [512, 512, 3] RGB
 
 
 def place_face(canvas_wh: tuple[int, int], centre: tuple[float, float], scale: float = 1.0,
                angle: float = 0.0, background: int = 128,
                frame: np.ndarray | None = None) -> np.ndarray:
-    """Draw the astronaut image onto a canvas (or over `frame`) so that her face centre lands on
-    `centre`, scaled and rotated (degrees) about it."""
-    w, h = canvas_wh
+    """The astronaut (her head only over `frame`), face centre at `centre`, scaled, turned (degrees)."""
     m = cv2.getRotationMatrix2D(FACE_CENTRE, angle, scale)
     m[:, 2] += np.array(centre) - np.array(FACE_CENTRE)
-    src = astronaut()
     if frame is None:
-        return cv2.warpAffine(src, m, (w, h), borderValue=(background,) * 3)
-    # only the head region (no suit) when drawing a second face over an existing frame
-    head = np.zeros(src.shape[:2], np.uint8)
+        return cv2.warpAffine(astronaut(), m, canvas_wh, borderValue=(background,) * 3)
+    head = np.zeros((512, 512), np.uint8)  # only her head (no suit) over an existing frame
     head[20:230, 120:320] = 255
-    face = cv2.warpAffine(src, m, (w, h))
-    keep = cv2.warpAffine(head, m, (w, h)) > 127
-    out = frame.copy()
-    out[keep] = face[keep]
+    out, keep = frame.copy(), cv2.warpAffine(head, m, canvas_wh) > 127
+    out[keep] = cv2.warpAffine(astronaut(), m, canvas_wh)[keep]
     return out
 
 
 def face_frames(n: int = 8, wh: tuple[int, int] = (640, 480), seed: int = 0) -> list[np.ndarray]:
-    """n frames of one face with shifts, scale changes and small rotations (face ~ 0.3 of
-    the frame width: ~150 px at 640x480)."""
+    """n frames of one face (~150 px at 640x480), shifted, scaled and turned a little."""
     rng = np.random.RandomState(seed)
     k = wh[0] / 640
     frames = []
@@ -74,18 +66,15 @@ def write_video(path, frames: list[np.ndarray], fps: int = 25, fourcc: str = "mp
 def blank_video(path, n: int = 4, wh: tuple[int, int] = (96, 64)) -> Path:
     """A video without any face (smooth noise)."""
     rng = np.random.RandomState(1)
-    frames = [cv2.GaussianBlur(rng.randint(0, 255, (wh[1], wh[0], 3), np.uint8), (9, 9), 3)
-              for _ in range(n)]
-    return write_video(path, frames)
+    return write_video(path, [cv2.GaussianBlur(rng.randint(0, 255, (wh[1], wh[0], 3), np.uint8), (9, 9), 3)
+                              for _ in range(n)])
 
 
 def truncated_avi(path, n: int = 40, keep: float = 0.5, wh: tuple[int, int] = (160, 120)) -> Path:
-    """An MJPG .avi whose header still says n frames but whose data was cut to `keep`: the
-    container frame count lies."""
+    """An MJPG .avi cut to `keep` of its data whose header still says n frames."""
     rng = np.random.RandomState(2)
     frames = [rng.randint(0, 255, (wh[1], wh[0], 3), np.uint8) for _ in range(n)]
-    write_video(path, frames, fourcc="MJPG")
-    data = Path(path).read_bytes()
+    data = write_video(path, frames, fourcc="MJPG").read_bytes()
     Path(path).write_bytes(data[:int(len(data) * keep)])
     return Path(path)
 
@@ -99,8 +88,7 @@ def touch(path) -> Path:
 
 
 def ffpp_tree(root: Path) -> None:
-    """An FF++ c23 tree of empty placeholder videos: split files (pairs 000-001 train, 002-003 val,
-    004-005 test), six real videos, three fakes per method (000_001, 001_000, 004_005), their masks."""
+    """FF++ c23 placeholders: splits 000-001/002-003/004-005, 6 reals, 3 fakes per method, masks."""
     root.mkdir(parents=True, exist_ok=True)
     for s, pairs in {"train": [["000", "001"]], "val": [["002", "003"]], "test": [["004", "005"]]}.items():
         (root / f"{s}.json").write_text(json.dumps(pairs))
@@ -113,20 +101,18 @@ def ffpp_tree(root: Path) -> None:
 
 
 def listing_tree(root: Path, dataset: str) -> str:
-    """A dataset with a listing file (ff++, cdfv2, dfdc, dfdcp) and its videos; returns the listing
-    file's path under `root` (ff++: val.json, one of its split files), for a test to write."""
+    """A dataset with a listing file and its videos; the listing's path under `root` (ff++: val.json)."""
     if dataset == "ff++":
         ffpp_tree(root)
         return "val.json"
     if dataset == "cdfv2":
         for f in ("Celeb-real/a.mp4", "Celeb-synthesis/b.mp4", "YouTube-real/c.mp4"):
             touch(root / f)
-        (root / "List_of_testing_videos.txt").write_text(
-            "1 Celeb-real/a.mp4\n0 Celeb-synthesis/b.mp4\n")
+        (root / "List_of_testing_videos.txt").write_text("1 Celeb-real/a.mp4\n0 Celeb-synthesis/b.mp4\n")
         return "List_of_testing_videos.txt"
     if dataset == "dfdc":
-        touch(root / "test" / "a.mp4")
-        touch(root / "test" / "b.mp4")
+        for name in ("a.mp4", "b.mp4"):
+            touch(root / "test" / name)
         return "test/labels.csv"
     touch(root / "original_videos" / "a.mp4")
     touch(root / "method_A" / "b.mp4")
@@ -136,12 +122,9 @@ def listing_tree(root: Path, dataset: str) -> str:
 def live_children(pid: int) -> list[int]:
     """Processes (not zombies) whose parent is pid."""
     kids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                state, ppid = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[:2]
-            except (OSError, ValueError):
-                continue  # exited meanwhile
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError, ValueError):  # exited meanwhile
+            state, ppid = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[:2]
             if int(ppid) == pid and state != "Z":
                 kids.append(int(entry))
     return kids
@@ -156,8 +139,7 @@ def alive(pid: int) -> bool:
 
 
 def kill_and_wait(process: subprocess.Popen, workers: list[int], seconds: float = 10) -> None:
-    """SIGKILL `process`, then give its `workers` `seconds` to exit on their own (torch's loader
-    workers check every 5 s whether their parent is still there)."""
+    """SIGKILL `process`, then give its `workers` `seconds` to exit on their own."""
     process.kill()
     process.wait()
     deadline = time.time() + seconds
@@ -175,11 +157,10 @@ def kill_all(process: subprocess.Popen, workers: list[int]) -> None:
 
 def keypoints_in_crop(crop: np.ndarray, models) -> np.ndarray:
     """The five keypoints found again inside a crop (largest face, upsample 1)."""
-    import preprocess as P  # dlib: only for the tests that use it
     rects = models.detector(crop, 1)
     assert len(rects), "no face found again in the crop"
-    rect = max(rects, key=lambda r: r.width() * r.height())
-    return P.landmarks5(crop, P._box(rect), models)
+    r = max(rects, key=lambda r: r.width() * r.height())
+    return preprocess.landmarks5(crop, (r.left(), r.top(), r.right(), r.bottom()), models)
 
 
 def free_port() -> int:
@@ -196,9 +177,3 @@ def read_csv(path: Path) -> list[dict]:
 
 REPO = Path(__file__).resolve().parent.parent
 NOT_SLURM = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-
-
-def preprocess_cli(*args, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    """`python preprocess.py ARGS` as a user runs it (no SLURM variables unless given)."""
-    return subprocess.run([sys.executable, "preprocess.py", *map(str, args)], cwd=REPO,
-                          env={**NOT_SLURM, **(env or {})}, capture_output=True, text=True, timeout=timeout)

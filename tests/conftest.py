@@ -1,7 +1,5 @@
-"""Shared fixtures: tiny preprocessed trees, face videos, face models and tiny checkpoints.
-
-Video helpers (a real face from scikit-image, moved and scaled) are in _video_utils.py."""
-from __future__ import annotations
+"""Shared fixtures: tiny preprocessed trees, face videos (helpers in _video_utils.py), face models,
+tiny checkpoints, OpenAI's own CLIP code and a loopback HTTP server."""
 
 import csv
 import http.server
@@ -28,10 +26,9 @@ def make_tree(root: Path, dataset: str = "ff++", splits=("train", "val"),
               sources=("youtube", "Deepfakes", "Face2Face", "FaceSwap", "NeuralTextures"),
               videos_per_source: int = 2, frames: Sequence = (0, 9, 18), size: int = 256,
               seed: int = 0, planted: bool = False) -> Path:
-    """Writes <root>/<dataset>/<split>/{index.csv, <source>/<video_id>/<frame>.png}. Real crops
-    are bluish noise, fake crops reddish noise with a bright square (value 250, side size/4, at
-    [size/4, size/2) in both axes), so a model can tell them apart. `planted`: fake crops are bluish
-    too and their square lies anywhere in the top-left quadrant: only the square tells them apart."""
+    """<root>/<dataset>/<split>/{index.csv, <source>/<video_id>/<frame>.png}: real crops bluish noise,
+    fake ones reddish with a bright square at [size/4, size/2)². `planted`: fakes bluish too, the
+    square anywhere in the top-left quadrant: only the square tells them apart."""
     g = torch.Generator().manual_seed(seed)
     for split in splits:
         split_dir = root / dataset / split
@@ -82,13 +79,11 @@ def make_split(data: Path, dataset: str, videos: list, split: str = "test", seed
 
 @pytest.fixture(name="make_tree", scope="session")
 def make_tree_fixture():
-    """make_tree(root, ...): a preprocessed FF++-like tree of coloured-noise crops."""
     return make_tree
 
 
 @pytest.fixture(name="make_split", scope="session")
 def make_split_fixture():
-    """make_split(data, dataset, [(source, label, video_id, frames)]): one preprocessed split."""
     return make_split
 
 
@@ -100,16 +95,13 @@ def train_tree(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def fast_flags() -> tuple[str, ...]:
-    """train.py flags for runs of seconds on the CPU: the tiny ViT, batch 8, no loader workers, a log
-    line every step, a learning rate that moves the tiny model within a few steps, and fp32 whatever
-    the CPU (auto would take bf16 on one with AMX; the tests compare against fp32 references)."""
+    """train.py flags for runs of seconds on the CPU, in fp32 whatever the CPU (tests compare with fp32)."""
     return ("--clip", "tiny", "--batch-size", "8", "--workers", "0", "--log-every", "1", "--lr", "3e-3",
             "--min-lr", "3e-4", "--precision", "fp32")
 
 
 @pytest.fixture(scope="session")
 def models() -> preprocess.FaceModels:
-    """dlib's detector and the 68-point landmark model."""
     return preprocess.load_face_models()
 
 
@@ -130,13 +122,10 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     return path
 
 
-# ----------------------------------------------------------------------------- OpenAI's code, HTTP
-
 @pytest.fixture(scope="session")
 def openai_clip() -> SimpleNamespace:
-    """OpenAI's own CLIP code from the openai-clip wheel, the reference the model is compared to:
-    .model, .simple_tokenizer (each file imported by path: the package's __init__ needs
-    pkg_resources, gone from setuptools) and .bpe, its vocabulary file."""
+    """OpenAI's own CLIP code from the openai-clip wheel: .model, .simple_tokenizer (by path: the
+    package's __init__ needs pkg_resources) and .bpe, its vocabulary."""
     root = Path(sysconfig.get_paths()["purelib"]) / "clip"
 
     def load(name: str):
@@ -158,22 +147,20 @@ class Server:
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 outer.requests += 1
-                data = files.get(self.path.rsplit("/", 1)[-1])
-                if data is None:
-                    self.send_error(404)
-                    return
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
                 name = self.path.rsplit("/", 1)[-1]
-                self.wfile.write(data[: len(data) // 2] if name in truncate else data)
+                if name not in files:
+                    return self.send_error(404)
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(files[name])))
+                self.end_headers()
+                self.wfile.write(files[name][: len(files[name]) // 2] if name in truncate else files[name])
 
             def log_message(self, *args):
                 pass
 
         self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True).start()  # quick to stop
 
     def close(self):
         self.httpd.shutdown()
@@ -182,7 +169,7 @@ class Server:
 
 @pytest.fixture
 def serve():
-    """serve(files, truncate=()) -> a loopback HTTP Server of `files`; every one is stopped after the test."""
+    """serve(files, truncate=()) -> a Server of `files`, stopped after the test."""
     servers = []
     yield lambda files, truncate=(): servers.append(Server(files, truncate)) or servers[-1]
     for server in servers:

@@ -38,8 +38,8 @@ def tiny_ffpp(root: Path) -> Path:
 def test_readme_smoke_run(tmp_path, capsys):
     video = tiny_ffpp(tmp_path / "FaceForensics++")
     data, runs = tmp_path / "data-mini", tmp_path / "runs"
-    assert preprocess.main(["--dataset", "ff++", "--root", str(tmp_path / "FaceForensics++"), "--out", str(data),
-                            "--frames", "3", "--limit", "1", "--workers", "1"]) == 0
+    assert preprocess.main(["--dataset", "ff++", "--root", str(tmp_path / "FaceForensics++"),
+                            "--out", str(data), "--frames", "3", "--limit", "1", "--workers", "1"]) == 0
     for split in SPLITS:
         with open(data / "ff++" / split / "index.csv", newline="") as f:
             rows = list(csv.DictReader(f))
@@ -54,7 +54,8 @@ def test_readme_smoke_run(tmp_path, capsys):
     assert len(epochs) == 2 and all(e["val_video_auroc"] is not None for e in epochs)
 
     out = tmp_path / "eval"
-    evaluate.main([*FP32, "--dataset", "ff++", "--checkpoint", str(best), "--data", str(data), "--out", str(out)])
+    evaluate.main([*FP32, "--dataset", "ff++", "--checkpoint", str(best), "--data", str(data),
+                   "--out", str(out)])
     metrics = json.loads((out / "ff++" / "metrics.json").read_text())
     assert metrics["video"]["n"] == 5 and set(metrics["per_source"]) == set(METHODS)
     assert (out / "ff++" / "roc.png").is_file()

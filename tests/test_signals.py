@@ -4,7 +4,7 @@ import signal
 
 import pytest
 
-from util.signals import StopRequested, StopSignals, ignore_stop_signals
+from util.signals import StopSignals, ignore_stop_signals
 
 
 @pytest.fixture
@@ -31,11 +31,6 @@ def test_undeferred_signal_raises_at_once(handlers):
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGTERM)
     assert {s: signal.getsignal(s) for s in handlers} == handlers
-
-
-def test_stop_requested_names_the_signal():
-    e = StopRequested(signal.SIGTERM)
-    assert str(e) == "SIGTERM" and e.signum == signal.SIGTERM
 
 
 def test_a_worker_ignores_stop_signals(handlers):

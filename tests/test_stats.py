@@ -1,5 +1,6 @@
-"""Tests for util/stats.py, each against an independent computation: sklearn's AUROC, a Python
-loop over the same resamples, DeLong's variance against the bootstrap's."""
+"""util/stats.py against independent computations: a Python loop over the same resamples with
+scikit-learn's AUROC, DeLong's components by a double loop over pairs, DeLong's variance against
+the bootstrap's."""
 from __future__ import annotations
 
 import time
@@ -19,148 +20,87 @@ def scored(n: int, shift: float = 0.8, seed: int = 0, decimals: int | None = Non
     return labels, (np.round(scores, decimals) if decimals is not None else scores)
 
 
-@pytest.mark.parametrize("decimals", [None, 1, 0])
-def test_auroc_equals_sklearn(decimals):
-    labels, scores = scored(300, decimals=decimals)
-    assert stats.auroc(labels, scores) == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
-    assert stats.auroc([0, 0, 1, 1], [0.1, 0.5, 0.5, 0.9]) == pytest.approx(0.875)
-    assert stats.auroc([1, 0], [0.2, 0.8]) == 0.0
-
-
-def test_one_class_is_an_error():
-    with pytest.raises(ValueError, match="both classes: got 0 fake and 3 real"):
-        stats.auroc([0, 0, 0], [0.1, 0.2, 0.3])
-    with pytest.raises(ValueError, match="both classes"):
-        stats.bootstrap_auroc_ci([1, 1], [0.1, 0.2])
-
-
 def loop_interval(labels, scores, unit, draws, level=0.95):
     """The percentile interval the slow way: each resample built as a list of samples."""
     members = [np.flatnonzero(unit == u) for u in range(unit.max() + 1)]
-    aucs = []
-    for row in draws:
-        index = np.concatenate([members[u] for u in row])
-        if len(set(labels[index])) == 2:
-            aucs.append(roc_auc_score(labels[index], scores[index]))
-    return np.quantile(aucs, [(1 - level) / 2, (1 + level) / 2]), len(aucs)
+    resamples = [np.concatenate([members[u] for u in row]) for row in draws]
+    aucs = [roc_auc_score(labels[i], scores[i]) for i in resamples if len(set(labels[i])) == 2]
+    return tuple(np.quantile(aucs, [(1 - level) / 2, (1 + level) / 2])), len(aucs)
 
 
-@pytest.mark.parametrize("stratified", [True, False])
-def test_bootstrap_equals_a_loop_over_the_same_resamples(stratified):
-    labels, scores = scored(60, decimals=1)
-    unit, draws = stats.resample_units(labels, n_boot=300, seed=3, stratified=stratified)
-    assert draws.shape == (300, 60) and (unit == np.arange(60)).all()
-    expected, _ = loop_interval(labels, scores, unit, draws)
-    ci = stats.bootstrap_auroc_ci(labels, scores, n_boot=300, seed=3, stratified=stratified)
-    assert ci == pytest.approx(tuple(expected), abs=1e-12)
-    assert ci == stats.bootstrap_auroc_ci(labels, scores, n_boot=300, seed=3, stratified=stratified)
-    assert ci != stats.bootstrap_auroc_ci(labels, scores, n_boot=300, seed=4, stratified=stratified)
-
-
-def test_stratified_resamples_keep_each_class():
-    labels, _ = scored(50)
-    unit, draws = stats.resample_units(labels, n_boot=200, seed=0)
-    fakes = labels[draws].sum(1)
-    assert (fakes == labels.sum()).all()
-
-
-def test_unstratified_drops_resamples_of_one_class():
-    labels = np.array([1, 0, 0, 0, 0])
-    scores = np.array([0.9, 0.1, 0.2, 0.3, 0.4])
-    unit, draws = stats.resample_units(labels, n_boot=200, seed=0, stratified=False)
-    expected, kept = loop_interval(labels, scores, unit, draws)
-    aurocs = stats.bootstrap_aurocs(labels, scores, n_boot=200, seed=0, stratified=False)
-    assert 0 < kept == aurocs.size < 200  # (4/5)^5 of the resamples have no fake
-    assert stats.bootstrap_auroc_ci(labels, scores, n_boot=200, seed=0, stratified=False) == \
-        pytest.approx(tuple(expected), abs=1e-12)
-
-
-def test_cluster_bootstrap_resamples_whole_groups():
-    # 30 videos of 1-8 frames each; a frame's score is its video's plus a little
-    rng = np.random.default_rng(1)
+@pytest.mark.parametrize("groups", [False, True])
+def test_bootstrap_equals_a_loop_over_the_same_resamples(groups):
+    rng = np.random.default_rng(1)  # 30 videos of 1-8 frames; a frame's score is its video's plus a little
+    sizes = rng.integers(1, 9, 30) if groups else np.ones(30, int)
     video_labels = np.array([0, 1] * 15)
-    sizes = rng.integers(1, 9, 30)
-    groups = np.repeat([f"v{i:02d}" for i in range(30)], sizes)
-    labels = np.repeat(video_labels, sizes)
-    scores = np.repeat(rng.normal(video_labels * 0.7, 1.0), sizes) + rng.normal(0, 0.1, labels.size)
-    unit, draws = stats.resample_units(labels, groups, n_boot=400, seed=5)
-    assert draws.shape == (400, 30)
-    assert (unit == np.repeat(np.arange(30), sizes)).all()   # every frame of a video shares its unit
-    assert (video_labels[draws].sum(1) == 15).all()            # 15 real and 15 fake videos each time
-    expected, _ = loop_interval(labels, scores, unit, draws)
-    assert stats.bootstrap_auroc_ci(labels, scores, groups, n_boot=400, seed=5) == \
-        pytest.approx(tuple(expected), abs=1e-12)
-    # resampling videos is wider than resampling frames as if they were independent
-    lo, hi = stats.bootstrap_auroc_ci(labels, scores, groups, n_boot=400, seed=5)
-    frame_lo, frame_hi = stats.bootstrap_auroc_ci(labels, scores, n_boot=400, seed=5)
-    assert hi - lo > frame_hi - frame_lo
+    labels, names = np.repeat(video_labels, sizes), np.repeat([f"v{i:02d}" for i in range(30)], sizes)
+    video_scores = np.repeat(rng.normal(video_labels * 0.7, 1.0), sizes)
+    scores = np.round(video_scores + rng.normal(0, 0.1, labels.size), 1)
+    groups = names if groups else None
+    unit, draws = stats.resample_units(labels, groups, n_boot=300, seed=3)
+    assert draws.shape == (300, 30) and (unit == np.repeat(np.arange(30), sizes)).all()
+    assert (video_labels[draws].sum(1) == 15).all()  # stratified: 15 real and 15 fake videos every time
+    expected, kept = loop_interval(labels, scores, unit, draws)
+    ci = stats.bootstrap_auroc_ci(labels, scores, groups, n_boot=300, seed=3)
+    assert kept == 300 and ci == pytest.approx(expected, abs=1e-12)
+    assert ci != stats.bootstrap_auroc_ci(labels, scores, groups, n_boot=300, seed=4)
+    if groups is not None:  # resampling videos is wider than resampling frames as if independent
+        lo, hi = stats.bootstrap_auroc_ci(labels, scores, n_boot=300, seed=3)
+        assert ci[1] - ci[0] > hi - lo
 
 
-def test_stratified_cluster_bootstrap_needs_one_class_groups():
-    with pytest.raises(ValueError, match="1 groups hold both"):
-        stats.resample_units([0, 1, 0, 1], ["a", "a", "b", "c"])
-    unit, draws = stats.resample_units([0, 1, 0, 1], ["a", "a", "b", "c"], stratified=False)
-    assert draws.shape == (2000, 3)
+@pytest.mark.parametrize("labels, groups", [([0, 1, 0, 1], ["a", "a", "b", "c"]), ([1, 1], None)])
+def test_mixed_groups_and_one_class_are_refused(labels, groups):
+    with pytest.raises(ValueError):
+        stats.bootstrap_auroc_ci(labels, [0.1, 0.2, 0.3, 0.4][:len(labels)], groups)
 
 
 def test_bootstrap_of_5000_videos_takes_under_a_second():
     labels, scores = scored(5000)
-    stats.bootstrap_auroc_ci(labels[:100], scores[:100], n_boot=10)  # imports, first-call costs
-    # CPU time of this process, best of 3: the machine may be shared, and others' load is not ours
-    seconds = []
+    stats.bootstrap_auroc_ci(labels[:100], scores[:100], n_boot=10)  # first-call costs
+    seconds = []  # CPU time of this process, best of 3: the machine may be shared
     for _ in range(3):
         start = time.process_time()
         lo, hi = stats.bootstrap_auroc_ci(labels, scores, n_boot=2000)
         seconds.append(time.process_time() - start)
-    assert min(seconds) < 1.0
-    assert lo < stats.auroc(labels, scores) < hi
+    assert min(seconds) < 1.0 and lo < roc_auc_score(labels, scores) < hi
 
 
-def test_delong_variance_near_the_bootstrap_variance():
+def test_delong_components_by_a_double_loop_and_near_the_bootstrap():
+    labels, scores = scored(120, decimals=1)
+    fake, real = scores[labels == 1], scores[labels == 0]
+    pair = (fake[:, None] > real[None, :]) + 0.5 * (fake[:, None] == real[None, :])  # [m, n]
+    v10, v01 = pair.mean(1), pair.mean(0)
+    cov = np.cov(v10) / fake.size + np.cov(v01) / real.size
+    aurocs, got = stats.delong_covariance(labels, np.stack([scores, -scores]))
+    assert aurocs == pytest.approx([pair.mean(), 1 - pair.mean()], abs=1e-12)
+    assert aurocs[0] == pytest.approx(roc_auc_score(labels, scores), abs=1e-12)
+    assert got == pytest.approx(np.array([[cov, -cov], [-cov, cov]]), abs=1e-12)
     labels, scores = scored(800, decimals=2)
-    boot = stats.bootstrap_aurocs(labels, scores, n_boot=2000, seed=0, stratified=True)
-    assert stats.delong_variance(labels, scores) == pytest.approx(boot.var(), rel=0.15)
+    boot = stats.bootstrap_aurocs(labels, scores, n_boot=2000, seed=0)
+    assert stats.delong_covariance(labels, scores)[1][0, 0] == pytest.approx(boot.var(), rel=0.15)
 
 
-def test_delong_components_and_interval():
-    labels, scores = scored(400, decimals=1)
-    aurocs, cov = stats.delong_covariance(labels, np.stack([scores, -scores]))
-    assert aurocs == pytest.approx([roc_auc_score(labels, scores), roc_auc_score(labels, -scores)])
-    assert cov[0, 0] == pytest.approx(cov[1, 1]) and cov[0, 1] == pytest.approx(-cov[0, 0])
-    lo, hi = stats.delong_auroc_ci(labels, scores)
-    half = 1.959963984540054 * np.sqrt(stats.delong_variance(labels, scores))
-    assert (lo, hi) == pytest.approx((aurocs[0] - half, aurocs[0] + half))
-    assert stats.delong_auroc_ci([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9]) == (1.0, 1.0)  # clipped, no spread
-
-
-def test_a_model_against_itself():
-    labels, scores = scored(500)
-    out = stats.paired_comparison(labels, scores, scores)
-    assert out["diff"] == 0 and out["p"] == 1.0
-    assert out["ci"][0] <= 0 <= out["ci"][1] and out["bootstrap_ci"][0] <= 0 <= out["bootstrap_ci"][1]
-    # the same ranking in other numbers is the same model
-    assert stats.paired_comparison(labels, scores, np.exp(scores))["p"] == 1.0
-
-
-def test_a_clearly_better_model():
+def test_a_model_against_itself_and_against_a_worse_one():
     labels, good = scored(500, shift=1.5)
+    same = stats.paired_comparison(labels, good, np.exp(good))  # the same ranking in other numbers
+    assert same["diff"] == 0 and same["p"] == 1.0 and same["bootstrap_ci"] == (0.0, 0.0)
     worse = good + np.random.default_rng(9).normal(0, 1.5, good.size)
     out = stats.paired_comparison(labels, good, worse)
     assert out["auroc_a"] == pytest.approx(roc_auc_score(labels, good))
     assert out["auroc_b"] == pytest.approx(roc_auc_score(labels, worse))
-    assert out["diff"] == pytest.approx(out["auroc_a"] - out["auroc_b"]) and out["diff"] > 0
     assert out["p"] < 0.05 and out["ci"][0] > 0 and out["bootstrap_ci"][0] > 0
     flipped = stats.paired_comparison(labels, worse, good)
     assert flipped["p"] == pytest.approx(out["p"]) and flipped["diff"] == pytest.approx(-out["diff"])
 
 
 def test_paired_test_uses_the_pairing():
-    # two noisy copies of one strong signal: close AUROCs, strongly correlated. An unpaired test
-    # (variances added, no covariance) would see no difference; the paired one does.
+    # two noisy copies of one strong signal: close, strongly correlated AUROCs. An unpaired test
+    # (variances added, no covariance) sees no difference; the paired one does.
     rng = np.random.default_rng(2)
     labels = rng.integers(0, 2, 2000)
     signal = rng.normal(labels * 1.2, 1.0)
     a, b = signal + rng.normal(0, 0.2, 2000), signal + rng.normal(0, 0.45, 2000)
     out = stats.paired_comparison(labels, a, b)
-    unpaired_z = out["diff"] / np.sqrt(stats.delong_variance(labels, a) + stats.delong_variance(labels, b))
-    assert out["p"] < 0.01 and abs(unpaired_z) < 1.96
+    _, cov = stats.delong_covariance(labels, np.stack([a, b]))
+    assert out["p"] < 0.01 and abs(out["diff"] / np.sqrt(cov[0, 0] + cov[1, 1])) < 1.96

@@ -1,10 +1,12 @@
-"""torchrun: this process's rank and device, the process group, and moving results between ranks.
-Without torchrun (WORLD_SIZE unset) everything here is a no-op on one process."""
+"""N processes (torchrun) and the device: rank, device, process group, the global batch in every
+process, gradients averaged, a list scored over them."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import datetime
 import os
+import re
 import sys
 import warnings
 from dataclasses import dataclass
@@ -16,11 +18,29 @@ import torch.distributed as dist
 import torch.distributed.nn.functional as dist_fn
 import torch.nn.functional as F
 
-from util.cli import resolve_device
+
+def device_flag(value: str) -> str:
+    """argparse type of --device: auto, cpu, cuda or cuda:N of a GPU that is there."""
+    n = torch.cuda.device_count()
+    if value in ("auto", "cpu") or re.fullmatch(r"cuda(:\d+)?", value) and int(value[5:] or 0) < n:
+        return value
+    gpus = f"cuda:0 to cuda:{n - 1}" if n else "no CUDA GPU on this machine"
+    raise argparse.ArgumentTypeError(f"{value!r} is not a device here: use auto, cpu or cuda:N ({gpus})")
+
+
+def resolve_device(flag: str, local_rank: int | None = None) -> torch.device:
+    """--device as a device (auto: cuda when there is a GPU); under torchrun cuda is GPU LOCAL_RANK."""
+    if flag == "auto":
+        flag = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(flag)
+    if device.type == "cuda":
+        return torch.device("cuda", local_rank if local_rank is not None else (device.index or 0))
+    return device
 
 
 @dataclass
 class Processes:
+    """This process's rank among `world` processes (1 without torchrun), and its device."""
     rank: int
     world: int
     device: torch.device
@@ -40,8 +60,7 @@ def torchrun_env() -> tuple[int, int, int]:
 
 
 class ErrorsOnly:
-    """stderr of ranks > 0: what they write (errors) passes; tqdm, which draws only on a terminal,
-    sees none, so one progress bar (rank 0's) is shown."""
+    """stderr of ranks > 0: errors pass; tqdm, which draws only on a terminal, sees none."""
 
     def __init__(self, stream):
         self.stream = stream
@@ -55,18 +74,15 @@ class ErrorsOnly:
 
 @contextlib.contextmanager
 def processes(device_flag: str, quiet: bool = False) -> Iterator[Processes]:
-    """This process under torchrun (or alone): its rank, the world size and its device (--device;
-    with CUDA under torchrun, GPU LOCAL_RANK). Joins the process group (nccl on CUDA, gloo on the
-    CPU; an hour's timeout, as rank 0 may validate or load alone while the others wait) and leaves
-    it on exit. quiet: ranks > 0 print nothing but errors, and a rank whose peer died says so
-    rather than with a collective's traceback."""
+    """This process in torchrun's group (or alone); quiet: ranks > 0 print only errors."""
     rank, world, local_rank = torchrun_env()
     device = resolve_device(device_flag, local_rank if world > 1 else None)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     created = world > 1 and not dist.is_initialized()
     if created:
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(hours=1))
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=datetime.timedelta(hours=1))
     rank = dist.get_rank() if world > 1 else 0
     stdout, stderr = sys.stdout, sys.stderr
     if quiet and rank > 0:
@@ -88,8 +104,7 @@ def processes(device_flag: str, quiet: bool = False) -> Iterator[Processes]:
 
 @contextlib.contextmanager
 def rank_zero_first(procs: Processes) -> Iterator[None]:
-    """Rank 0 runs the block first (it downloads what is missing), then the others (from the cache),
-    rather than every rank downloading the same files at once."""
+    """Rank 0 runs the block first (it downloads what is missing), then the others (from the cache)."""
     if procs.distributed and not procs.main:
         dist.barrier()
     yield
@@ -97,15 +112,16 @@ def rank_zero_first(procs: Processes) -> Iterator[None]:
         dist.barrier()
 
 
-def gather_batch(x: torch.Tensor, shares: list[int]) -> torch.Tensor:
-    """Every process's share of the global batch, concatenated in rank order: [sum(shares), ...].
+def split_sizes(n: int, parts: int) -> list[int]:
+    """n items cut into `parts` contiguous shares as evenly as possible, larger shares first."""
+    q, r = divmod(n, parts)
+    return [q + 1] * r + [q] * (parts - r)
 
-    Differentiable: the backward of all_gather sums the gradients that all processes send to each
-    share. Every process computes the same global loss L, so process r's features f_r get
-    world x dL/df_r and its encoder gradient is world x (its share of dL/dθ); DDP averages over
-    the processes (/ world): sum_r dL/dθ|r = dL/dθ, the single-process gradient. The head (and
-    slerp) run on the gathered batch in every process, so each already has the whole dL/dW_head
-    and the average of `world` equal copies is that gradient again. No rescaling is needed."""
+
+def gather_batch(x: torch.Tensor, shares: list[int]) -> torch.Tensor:
+    """Every process's share of the global batch in rank order, with gradients: [sum(shares), ...].
+    all_gather's backward sums every process's dL/df_r (world x the one-process gradient), which
+    average_gradients divides by world."""
     padded = F.pad(x, (0, 0) * (x.ndim - 1) + (0, max(shares) - len(x)))  # all_gather needs equal sizes
     with warnings.catch_warnings():  # deprecated in favour of a private API; still the documented one
         warnings.simplefilter("ignore", FutureWarning)
@@ -113,11 +129,23 @@ def gather_batch(x: torch.Tensor, shares: list[int]) -> torch.Tensor:
     return torch.cat([p[:n] for p, n in zip(parts, shares)])
 
 
+def average_gradients(params: list[torch.Tensor], signum: int, procs: Processes) -> int:
+    """One all_reduce: gradients averaged over the processes, and any process's stop signal."""
+    if not procs.distributed:
+        return signum
+    signals = torch.zeros(procs.world, device=procs.device)            # [world]
+    signals[procs.rank] = signum
+    flat = torch.cat([p.grad.flatten() for p in params] + [signals])   # [n_params + world]
+    dist.all_reduce(flat)
+    grads = flat[:-procs.world] / procs.world
+    for p, g in zip(params, grads.split([p.numel() for p in params])):
+        p.grad = g.view_as(p)
+    return int(flat[-procs.world:].max().item())
+
+
 def interleaved(fn: Callable[[list], np.ndarray], items: list, procs: Processes,
                 errors: tuple[type[Exception], ...] = (ValueError,)) -> np.ndarray:
-    """fn(items) computed over the ranks: rank r takes items r, r + world, ... and every rank gets
-    the whole result in order. An error of `errors` on any rank is raised on all of them (the
-    first rank's), so that they stay in step."""
+    """fn(items) over the ranks (r takes r, r + world, ...); an error on one is raised on all."""
     if not procs.distributed:
         return fn(items)
     error = None

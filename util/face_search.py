@@ -1,20 +1,8 @@
-"""Finding faces with dlib's HOG detector: the detector loaded fast, and the boxes the protocol's
-full-frame scan (upsample 1) finds, found at a fraction of its cost and linked across the sampled
-frames into one track per person.
-
-A face box is found on a downscaled copy of the frame first (much faster than upsample 1 on the full
-frame), then mapped back. The sampled frames are searched in order and faces are tracked: a face
-found in one frame is searched in the next one in a region around its last box (1.5 box sizes on
-each side), resized so that the face is ~110 px, above HOG's 80 px window (small faces, ~70 px in
-720p, need no full-frame upsample-1 scan after the first frame); the cheap downscaled search still
-runs first (once faces are tracked, in grayscale and at the scale where the smallest of them is
-72 px), so a larger face entering is found (and a smaller tracked face beside it is still searched
-near its box), and a frame where a tracked face is not found near its box gets the full search.
-Only boxes come from here: the landmarks, and so the crops, are the protocol's (preprocess.py).
-
-The search functions take the detector (frontal_detector(), or any object with its
-`run(image, upsample, threshold)`).
-"""
+"""The boxes the protocol's full-frame HOG scan (upsample 1) finds, at a fraction of its cost, and
+linked across the frames into a track per person: a downscaled copy first, then a face found in
+one frame is searched in the next near its last box (resized so that the face is ~110 px, above
+HOG's 80 px window); the full upsample-1 scan runs only where tracking has nothing or loses a face.
+Only boxes come from here: the landmarks, and so the crops, are the protocol's (preprocess.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -38,9 +26,8 @@ CHEAP_FACE_PX = 72    # the smallest tracked face's width in the cheap check (HO
 
 
 def frontal_detector() -> "dlib.fhog_object_detector":
-    """dlib's HOG face detector. dlib decodes its built-in copy from a compressed string in ~0.8 s, paid
-    by every run and every worker; the copy it saves into the user's cache (<XDG_CACHE_HOME or
-    ~/.cache>/dlib) loads in ~5 ms. A cache that cannot be read or written only costs that time."""
+    """dlib's HOG face detector: its built-in copy decodes in ~0.8 s, paid by every run and worker;
+    saved once into <XDG_CACHE_HOME or ~/.cache>/dlib, it loads in ~5 ms (a bad cache costs 0.8 s)."""
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "dlib"
     path = cache / f"frontal_face_detector-{dlib.__version__}.svm"
     if path.is_file():
@@ -60,8 +47,7 @@ def _area(box) -> float:
 
 def _hog(detector, image: np.ndarray, upsample: int, factor: float = 1.0,
          origin: tuple[int, int] = (0, 0)) -> list[Detection]:
-    """HOG detections on `image`, a copy of the frame (from `origin`) resized by `factor`,
-    as boxes in frame pixels."""
+    """HOG detections on `image` (the frame from `origin`, resized by `factor`) in frame pixels."""
     rects, scores, _ = detector.run(image, upsample, 0.0)
     return [((r.left() / factor + origin[0], r.top() / factor + origin[1],
               r.right() / factor + origin[0], r.bottom() / factor + origin[1]), float(s))
@@ -69,16 +55,16 @@ def _hog(detector, image: np.ndarray, upsample: int, factor: float = 1.0,
 
 
 def _resize(image: np.ndarray, factor: float) -> np.ndarray:
+    if factor == 1.0:
+        return image
     h, w = image.shape[:2]
     inter = cv2.INTER_AREA if factor < 1.0 else cv2.INTER_LINEAR
-    return cv2.resize(image, (max(1, round(w * factor)), max(1, round(h * factor))),
-                      interpolation=inter)
+    return cv2.resize(image, (max(1, round(w * factor)), max(1, round(h * factor))), interpolation=inter)
 
 
 def search_near(frame: np.ndarray, box: Box, detector) -> list[Detection]:
-    """Faces in the region around a tracked face's last box (REGION_MARGIN box sizes on each
-    side, clipped to the frame), resized so that a face of that box's size is REGION_FACE_PX
-    wide: comfortably above HOG's 80 px window at upsample 0, whatever the face's size."""
+    """Faces in the region REGION_MARGIN box sizes around a tracked face's last box, resized so
+    that a face of that size is REGION_FACE_PX wide: above HOG's 80 px window at upsample 0."""
     h, w = frame.shape[:2]
     side = max(_area(box) ** 0.5, 1.0)
     pad = REGION_MARGIN * side
@@ -105,9 +91,8 @@ def _distinct(found: list[Detection]) -> list[Detection]:
 
 
 def _search_tracked(frame: np.ndarray, tracked: list[Box], detector) -> list[Detection]:
-    """Every tracked face searched in its region; [] unless each one is found there (a face
-    of similar size, see _link), so that a face that moved away sends the frame to the full
-    search."""
+    """Every tracked face searched near its box; [] unless each is found there, so that a face
+    that moved away sends the frame to the full search."""
     found: list[Detection] = []
     for box in tracked:
         near = search_near(frame, box, detector)
@@ -117,69 +102,38 @@ def _search_tracked(frame: np.ndarray, tracked: list[Box], detector) -> list[Det
     return _distinct(found)
 
 
-def _add_missed(frame: np.ndarray, found: list[Detection], tracked: list[Box],
-                detector) -> list[Detection]:
-    """`found` (the cheap check's faces) and those found near each tracked face it missed (one
-    too small for it, beside a larger one): the faces of a two- or three-person video stay
-    tracked in every frame."""
-    for box in tracked:
-        if all(_link(box, b) > REGION_MARGIN for b, _ in found):
-            found = found + search_near(frame, box, detector)
-    return _distinct(found)
-
-
-def cheap_check(frame: np.ndarray, f: float, tracked: list[Box]) -> tuple[np.ndarray, float]:
-    """The image the search starts with, and its scale: the frame downscaled by `f` (faces
-    >= 80 px there). Once faces are tracked, what it must find is those faces again and any
-    larger one entering: it is downscaled further, until the smallest tracked face is
-    CHEAP_FACE_PX wide, and in grayscale (dlib's HOG takes each pixel's strongest colour
-    gradient; one channel costs a fifth less and finds faces as often). A new face smaller than
-    every tracked one waits for a frame where tracking loses a face (the full search). An image,
-    or a video's first faces, are searched in colour at `f`."""
-    if not tracked:
-        return (_resize(frame, f) if f < 1.0 else frame), f               # [h*f, w*f, 3]
-    f = min(f, CHEAP_FACE_PX / min(max(_area(b) ** 0.5, 1.0) for b in tracked))
-    small = _resize(frame, f) if f < 1.0 else frame
-    return cv2.cvtColor(small, cv2.COLOR_RGB2GRAY), f                  # [h*f, w*f]
-
-
 def detect_faces(frame: np.ndarray, detector, detect_side: int = 640,
                  tracked: list[Box] | None = None) -> list[Detection]:
-    """Face boxes (frame pixels) and scores, from the first search level that finds any: the
-    cheap check, a copy downscaled to `detect_side` on its longest side, or further once faces
-    are `tracked` (their boxes in an earlier frame), with each tracked face it missed searched
-    near its box; when it finds none, the region around each tracked face (search_near); then
-    finer scales, the last being the reference's own (full frame, upsample 1)."""
-    h, w = frame.shape[:2]
-    f = min(1.0, detect_side / max(h, w))
+    """Face boxes (frame pixels) and scores from the first search that finds any: the cheap check
+    (`detect_side` px on the longest side; with faces `tracked`, where the smallest is CHEAP_FACE_PX
+    and in grey: as good for HOG, a fifth cheaper), near each tracked face, then finer scales, the
+    last the reference's own (full frame, upsample 1)."""
     tracked = tracked or []
-    cheap, factor = cheap_check(frame, f, tracked)
-    found = _hog(detector, cheap, 0, factor)
-    if found:
-        return _add_missed(frame, found, tracked, detector)
-    small = cheap  # [h*f, w*f, 3]: without tracking, the cheap check's own colour copy
-    if tracked:
-        found = _search_tracked(frame, tracked, detector)
-        if found:
-            return found
-        small = _resize(frame, f) if f < 1.0 else frame
-    levels = [(small, f, 1)]                           # faces >= 40 px on the small copy
+    f = min(1.0, detect_side / max(frame.shape[:2]))
+    g = min(f, CHEAP_FACE_PX / min(max(_area(b) ** 0.5, 1.0) for b in tracked)) if tracked else f
+    cheap = _resize(frame, g)                                               # [h*g, w*g, 3]
+    found = _hog(detector, cv2.cvtColor(cheap, cv2.COLOR_RGB2GRAY) if tracked else cheap, 0, g)
+    if found:  # and near each tracked face it missed (a small one beside a larger one)
+        for box in tracked:
+            if all(_link(box, b) > REGION_MARGIN for b, _ in found):
+                found = found + search_near(frame, box, detector)
+        return _distinct(found)
+    if tracked and (found := _search_tracked(frame, tracked, detector)):
+        return found
+    levels = [(_resize(frame, f) if tracked else cheap, f, 1)]  # faces >= 40 px on the small copy
     if f < 0.45:
         levels.append((frame, 1.0, 0))                 # big frames (1080p): full size first
     if f < 0.75:
         levels.append((frame, 1.0, 1))                 # the reference's own scale, last
     for image, factor, upsample in levels:
-        found = _hog(detector, image, upsample, factor)
-        if found:
+        if found := _hog(detector, image, upsample, factor):
             return found
     return []
 
 
 def detect_in_frames(frames: list[np.ndarray], detector,
                      detect_side: int = 640) -> list[list[Detection]]:
-    """detect_faces on each frame in order, the faces last found being tracked: a face seen in
-    one sampled frame is searched near its last box in the next, so the full-frame upsample-1
-    scan (the reference's whole cost) runs only where tracking has nothing or loses a face."""
+    """detect_faces on each frame in order, tracking the faces last found."""
     detections: list[list[Detection]] = []
     last: list[Detection] = []
     for frame in frames:
@@ -189,11 +143,9 @@ def detect_in_frames(frames: list[np.ndarray], detector,
     return detections
 
 
-# ----------------------------------------------------------------------------- tracking
-
 def _link(box_a, box_b) -> float:
-    """Distance between two boxes' centres in units of the first box's size (inf if the
-    sizes differ by more than 2x): small = the same person in a later frame."""
+    """Distance between two boxes' centres in units of the first box's size (inf where the sizes
+    differ more than 2x): small = the same person in a later frame."""
     size_a, size_b = _area(box_a) ** 0.5, _area(box_b) ** 0.5
     if size_a <= 0 or size_b <= 0 or not 0.5 <= size_b / size_a <= 2.0:
         return float("inf")
@@ -203,12 +155,10 @@ def _link(box_a, box_b) -> float:
 
 
 def link_tracks(detections: list[list[Detection]], max_dist: float = 1.5) -> list[Track]:
-    """Per-frame detections -> tracks [(frame position, box, score), ...]: each detection
-    continues the track whose last box is nearest (greedy, largest faces first; at most
-    `max_dist` box sizes away) or starts a new one. Tracks are ordered by the sum of their box
-    areas (largest, longest person first). Tracks never seen in the same frame are joined:
-    a face that jumped further than `max_dist` between two sampled frames (they can be
-    seconds apart) is still the one person on screen, as the reference would keep it."""
+    """Per-frame detections -> tracks, largest (sum of box areas) first: each detection continues
+    the nearest track (greedy, largest faces first, at most `max_dist` box sizes away) or starts
+    one. Tracks never seen in one frame are joined: a face that jumped between two sampled
+    frames (seconds apart) is still the one person on screen, as the reference keeps it."""
     tracks: list[Track] = []
     for pos, dets in enumerate(detections):
         dets = sorted(dets, key=lambda d: -_area(d[0]))
@@ -216,9 +166,7 @@ def link_tracks(detections: list[list[Detection]], max_dist: float = 1.5) -> lis
                        for ti, t in enumerate(tracks) for di, d in enumerate(dets))
         used_t, used_d = set(), set()
         for dist, ti, di in pairs:
-            if dist > max_dist:
-                break
-            if ti in used_t or di in used_d:
+            if dist > max_dist or ti in used_t or di in used_d:
                 continue
             tracks[ti].append((pos, dets[di][0], dets[di][1]))
             used_t.add(ti)

@@ -16,11 +16,9 @@ import numpy as np
 
 
 def atomic_write(path: str | os.PathLike, data: str | bytes | memoryview) -> None:
-    """Write a file whole or not at all: a temporary file beside it, renamed over it. A full
-    disk or a kill midway leaves the old file (or none), never a truncated one that a rerun
-    would take as finished; the temporary file is removed on failure. Its name is unique, so
-    that processes writing the same file at once (shards of one dataset) never mix their
-    bytes: the last rename wins, whole."""
+    """A file whole or not at all: a temporary file beside it (a unique name, so that processes
+    writing one file at once never mix their bytes), renamed over it. A full disk or a kill
+    midway leaves the old file, never a truncated one that a rerun would take as finished."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -46,22 +44,21 @@ def csv_text(fields: list[str], rows: list[dict]) -> str:
 
 @contextlib.contextmanager
 def writing(path: str | os.PathLike, advice: str | None = None) -> Iterator[None]:
-    """A failed write inside (full disk, no permission) as one OSError: `cannot write FILE: why;
-    advice`, FILE being the one the error names, else `path`. Without `advice`, a full disk says
-    to free space and re-run."""
+    """A failed write inside as one OSError `cannot write FILE: why; advice` (FILE: the one the
+    error names, else `path`; on a full disk the advice is to free space and re-run)."""
     try:
         yield
     except OSError as e:
         if advice is None:
             advice = "free some disk space and re-run" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
-        error = OSError(f"cannot write {e.filename or path}: {e.strerror or e}" + (f"; {advice}" if advice else ""))
+        why = f"cannot write {e.filename or path}: {e.strerror or e}" + (f"; {advice}" if advice else "")
+        error = OSError(why)
         error.errno = e.errno  # for callers that tell a full disk apart; the message stays one line
         raise error from None
 
 
 def write_output(path: Path, content: str | bytes) -> None:
-    """Whole or not at all (atomic_write), its folder made first: a full disk never leaves a
-    truncated output that a rerun would take as finished."""
+    """atomic_write, its folder made first."""
     with writing(path):
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, content)
@@ -73,19 +70,15 @@ def write_json(path: Path, obj) -> None:
 
 def png_bytes(bgr: np.ndarray) -> bytes:
     """A BGR (or grey) uint8 image as PNG bytes."""
-    ok, buf = cv2.imencode(".png", bgr)
-    if not ok:
-        raise ValueError("OpenCV cannot encode the image as PNG")
-    return buf.tobytes()
+    return cv2.imencode(".png", bgr)[1].tobytes()
 
 
 class CSVRows:
-    """A CSV file written row by row, each row flushed, so a long run that stops keeps what it
-    wrote; a failed write (full disk) is one OSError naming the file."""
+    """A CSV file written row by row, each row flushed, so that a long run that stops keeps what it
+    wrote; a failed write is one OSError naming the file."""
 
     def __init__(self, path: Path, fields: list[str]):
-        self.path = path
-        self.rows = 0  # on disk
+        self.path, self.rows = path, 0
         with writing(path):
             path.parent.mkdir(parents=True, exist_ok=True)
             self.file = open(path, "w", newline="")
@@ -94,7 +87,6 @@ class CSVRows:
             self.file.flush()
 
     def write_rows(self, rows: list[dict]) -> None:
-        """The rows, on disk when this returns."""
         with writing(self.path):
             self.writer.writerows(rows)
             self.file.flush()
@@ -107,7 +99,7 @@ class CSVRows:
 
 def write_person_crops(folder: Path, persons: list[dict[int, bytes]]) -> None:
     """<folder>/person<k>/<frame>.png from each person's {frame: PNG bytes}, replacing the crops a
-    past run left there; nothing else in the folder is touched (it is the user's)."""
+    past run left there; nothing else in the folder (the user's) is touched."""
     for old in folder.glob("person*/*.png"):
         if old.stem.isdigit():
             old.unlink()

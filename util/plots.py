@@ -1,53 +1,57 @@
-"""The figures evaluate.py writes, drawn with matplotlib: ROC curves of a benchmark (roc.png),
-validation video AUROC during training (curves.png, the paper's Figure 1) and video AUROC under
-perturbations (robustness.png), each a Figure object that png() renders to the bytes of a PNG file.
-
-Figures are matplotlib.figure.Figure objects drawn by the Agg renderer directly, without pyplot:
-no display, no backend to choose, no figure registry that keeps every figure alive."""
+"""The figures evaluate.py writes: ROC curves of a benchmark (roc.png), validation video AUROC
+during training (curves.png, the paper's Figure 1), video AUROC under perturbations
+(robustness.png), and util.report's. matplotlib Figure objects drawn by Agg without pyplot: no
+display, no backend to choose, no registry keeping every figure alive. Legends sit below the axes,
+never on the data."""
 from __future__ import annotations
 
+import io
 import math
-from typing import TYPE_CHECKING
+import textwrap
 
-import cv2
 import numpy as np
+from matplotlib.figure import Figure
+from sklearn.metrics import roc_curve
 
-from util.files import png_bytes
 from util.perturb import SEVERITY, strength
-from util.train_log import Curve
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
+from util.run import Curve
 
 SIZE_INCHES, DPI = 6.4, 100  # a 640 x 640 pixel PNG
 
 
 def new_axes(title: str, xlabel: str, ylabel: str):
     """(figure, its one set of axes) with a title, axis labels and a light grid."""
-    from matplotlib.figure import Figure  # imported here: half a second of every command's start-up
     fig = Figure(figsize=(SIZE_INCHES, SIZE_INCHES), dpi=DPI, layout="constrained")
     ax = fig.add_subplot()
     ax.set_title(title, fontsize=10, wrap=True)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
+    ax.set(xlabel=xlabel, ylabel=ylabel)
     ax.grid(True, color="0.9")
     return fig, ax
 
 
+def legend_below(fig: Figure) -> None:
+    """The legend under the axes, off the data: long labels in one column, wrapped to the figure."""
+    handles, labels = fig.axes[0].get_legend_handles_labels()
+    fig.legend(handles, [textwrap.fill(label, 80) for label in labels], loc="outside lower center",
+               ncols=1 if max(map(len, labels)) > 40 else 2, fontsize=8, frameon=False)
+
+
 def roc_figure(curves: list, title: str) -> Figure | None:
     """ROC curves (name, labels, scores, their data.compute_metrics) with AUROC and n in the
-    legend and the chance diagonal; None when no curve is defined (one class only)."""
-    from sklearn.metrics import roc_curve  # imported here: a quarter of every command's start-up
+    legend and the chance diagonal; None when no curve is defined (one class only). The axes are
+    padded and the curves drawn above the frame, widest first: curves along the axes (AUROC 1)
+    or on top of each other all show."""
     defined = [c for c in curves if c[3]["auroc"] is not None]
     if not defined:
         return None
     fig, ax = new_axes(title, "False positive rate", "True positive rate")
     ax.plot([0, 1], [0, 1], linestyle="--", color="0.6", linewidth=1, label="chance")
-    for name, labels, scores, m in defined:
+    for k, (name, labels, scores, m) in enumerate(defined):
         fpr, tpr, _ = roc_curve(labels, scores)
-        ax.plot(fpr, tpr, linewidth=2, label=f"{name}: AUROC {100 * m['auroc']:.2f}% (n={m['n']})")
-    ax.set(xlim=(0, 1), ylim=(0, 1), aspect="equal")
-    ax.legend(loc="lower right", fontsize=8)
+        ax.plot(fpr, tpr, linewidth=1.5 * (len(defined) - k), zorder=3, clip_on=False,
+                label=f"{name}: AUROC {100 * m['auroc']:.2f}% (n={m['n']})")
+    ax.set(xlim=(-0.03, 1.03), ylim=(-0.03, 1.03), aspect="equal")
+    legend_below(fig)
     return fig
 
 
@@ -63,20 +67,17 @@ def curves_figure(curves: list[Curve], x: str) -> Figure:
     values = [v for c in curves for v in c.auroc]
     y_lo = max(0.0, math.floor(min(values) * 20 - 0.5) / 20)   # 5% steps, a margin below
     y_hi = min(1.0, math.ceil(max(values) * 20 + 0.5) / 20)
-    ax.set_ylim(100 * y_lo, 100 * y_hi)
+    ax.set_ylim(100 * y_lo - 1, 100 * y_hi + 1)                 # a point at 100% is not cut in half
     ax.set_xlim(left=0)
-    ax.legend(loc="lower right", fontsize=8)
+    legend_below(fig)
     return fig
 
 
 def robustness_figure(rows: list[dict], title: str) -> Figure | None:
-    """Video AUROC (%) under perturbations against the severity step: 0 = unperturbed (a star and a
-    dashed line across), then each perturbation's severities from mild to strong
-    (util.perturb.strength), one line per perturbation from the unperturbed point, with its 95%
-    intervals as error bars on the perturbed points (nudged sideways so that lines on top of each
-    other stay readable) and its severities in the legend. rows: evaluate.py's robustness rows,
-    the unperturbed (perturbation "none") first; None when its AUROC is undefined (one class: the
-    same videos, so every row's is)."""
+    """Video AUROC (%) against the severity step: 0 = unperturbed (a star, a dashed line across),
+    then each perturbation's severities from mild to strong, one line each from the unperturbed
+    point, 95% intervals as error bars (nudged sideways so that coinciding lines stay readable).
+    rows: evaluate.py's, the unperturbed ("none") first; None when its AUROC is undefined."""
     clean = rows[0]["video"]
     if clean["auroc"] is None:
         return None
@@ -86,25 +87,24 @@ def robustness_figure(rows: list[dict], title: str) -> Figure | None:
     ax.plot([0], [100 * clean["auroc"]], marker="*", markersize=12, color="0.2", linestyle="none", zorder=3)
     names, steps = list(dict.fromkeys(r["perturbation"] for r in rows[1:])), 1
     for k, name in enumerate(names):
-        own = sorted((r for r in rows[1:] if r["perturbation"] == name), key=lambda r: strength(name, r["severity"]))
-        nudge = 0.06 * (k - (len(names) - 1) / 2)
-        xs = np.arange(len(own) + 1) + nudge                                   # [k+1], 0 = unperturbed
+        own = sorted((r for r in rows[1:] if r["perturbation"] == name),
+                     key=lambda r: strength(name, r["severity"]))
+        xs = np.arange(len(own) + 1) + 0.06 * (k - (len(names) - 1) / 2)     # [k+1], 0 = unperturbed
         ys = np.array([100 * m["auroc"] for m in [clean] + [r["video"] for r in own]])
         cis = np.array([r["video"]["auroc_ci"] for r in own]).reshape(-1, 2) * 100  # [k, 2]
+        severities = ", ".join(f"{r['severity']:g}" for r in own)
         line, = ax.plot(xs, ys, marker="o", markersize=4, linewidth=2,
-                        label=f"{name} ({SEVERITY[name][4]} " + ", ".join(f"{r['severity']:g}" for r in own) + ")")
+                        label=f"{name} ({SEVERITY[name][4]} {severities})")
         ax.errorbar(xs[1:], ys[1:], yerr=[ys[1:] - cis[:, 0], cis[:, 1] - ys[1:]], linestyle="none",
                     color=line.get_color(), capsize=3, elinewidth=1)
         steps = max(steps, len(xs))
     ax.set_xticks(range(steps))
-    ax.legend(loc="lower left", fontsize=8)
+    legend_below(fig)
     return fig
 
 
 def png(fig: Figure) -> bytes:
-    """The figure rendered by Agg, as the bytes of a PNG file (files.png_bytes encodes it)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    canvas = FigureCanvasAgg(fig)
-    canvas.draw()
-    rgba = np.asarray(canvas.buffer_rgba())  # [H, W, 4]
-    return png_bytes(cv2.cvtColor(rgba, cv2.COLOR_RGBA2BGR))
+    """The figure rendered by Agg, as the bytes of a PNG file."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()

@@ -1,25 +1,18 @@
-"""What evaluate.py says and writes of one scored file (--video/--image/--input): its verdict
-lines and predictions.csv rows, and with --report DIR its folder (one per input file):
-timeline.png, faces.png, saliency.npz, annotated.mp4 (videos) and report.json, each written whole
-or not at all, report.json last (its presence means the folder is complete).
+"""What evaluate.py says and writes of one scored file: its verdict lines, predictions.csv rows and,
+with --report DIR, its folder: timeline.png, faces.png (crops over their saliency), saliency.npz
+(keyed `person1/frame12`), annotated.mp4 (videos) and report.json, each written whole, report.json
+last (its presence means the folder is complete).
 
-    persons = [person_of(track, frame_p, maps) for track, frame_p, maps in ...]  # largest first
-    rows = say_verdict(Path("clip.mp4"), len(frames), persons, threshold, reference)  # printed
-    verdict = calibration.judge(persons[0].score, threshold, reference)
-    notes = write_report(Path("report/clip"), Path("clip.mp4"), persons, verdict, len(frames), indices)
-
-  timeline.png   p_fake of every scored frame, one line per person, and the threshold
-  faces.png      every crop with its p_fake, above its saliency overlay (util.saliency)
-  saliency.npz   every crop's map as an array [h, w] in [0, 1], keyed `person1/frame12`
-  annotated.mp4  the input (its frame count, size and rate) with each person's box and p_fake,
-                 coloured from real (green) over the threshold (yellow) to fake (red), held until
-                 the next sampled frame, and the running video score (the mean so far)
-  report.json    everything the verdict line says, and every person's and frame's score
-"""
+The saliency maps are made in the forward pass that scores the crops: HiResCAM (Draelos & Carin 2020,
+the element-wise Grad-CAM; pytorch-grad-cam's) on the patch tokens entering the last block, for the
+fake log-odds (logit(p_fake): it does not vanish near 0 or 1), in the run's precision. (Grad-CAM
+proper fails the planted-square test on this tower.) Below the last block no graph is recorded: the
+maps add a backward through one block."""
 from __future__ import annotations
 
 import bisect
 import io
+import math
 import os
 import uuid
 from dataclasses import dataclass
@@ -27,19 +20,62 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
+from matplotlib.figure import Figure
+from pytorch_grad_cam import HiResCAM
+from torch import nn
 
 from util.calibration import CSV_FIELDS, Reference, Threshold, Verdict, judge
 from util.files import write_json, write_output, writing
-from util.plots import new_axes, png
+from util.plots import legend_below, new_axes, png
+from util.precision import autocast
 
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in frame pixels
-TILE = 128        # px of a crop in faces.png
-COLUMNS = 8       # crops per row of faces.png
-SHOWN = 64        # crops of a person faces.png shows at most (evenly spaced): --frames all scores thousands
-MARKERS = 64      # scored frames up to which timeline.png marks each one
-# predictions.csv: a row per file, and per person when several appear
+TILE, COLUMNS = 128, 8   # px of a crop in faces.png, crops per row
+SHOWN = 64               # crops of a person faces.png shows at most (--frames all scores thousands)
+MARKERS = 64             # scored frames up to which timeline.png marks each one
+RED, GREEN = (0, 0, 255), (0, 170, 0)  # BGR: fake and real sides of the threshold
 FIELDS = ["file", "person", "frames_seen", "frames_with_face", "p_fake", "note", *CSV_FIELDS]
 
+
+# ----------------------------------------------------------------------------- saliency
+
+def fake_log_odds(logits: torch.Tensor) -> torch.Tensor:
+    """The CAM target of one crop's logits [2] (class 1 = fake)."""
+    return logits[1] - logits[0]
+
+
+def scores_and_maps(detector: nn.Module, images: torch.Tensor, device: torch.device, precision: str = "fp32",
+                    batch_size: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """(p_fake float64 [N], HiResCAM maps float32 [N, H, W] in [0, 1], all 0 where nothing raises
+    p_fake) of CLIP-transformed crops [N, 3, H, W], in `precision` (util.precision): the scores
+    data.predict gives, from the same forward. `detector`: clip_vit.DeepfakeDetector (class 1 = fake),
+    left as it was (training mode, requires_grad, no .grad)."""
+    block = detector.visual.transformer.resblocks[-1]
+    grid = math.isqrt(detector.visual.positional_embedding.shape[0] - 1)  # 16 for 224 px, 14-px patches
+    trainable, training = [p.requires_grad for p in detector.parameters()], detector.training
+    detector.requires_grad_(False)  # and the last block's input a fresh leaf: the graph starts there
+    leaf = block.register_forward_pre_hook(lambda _, args: (args[0].detach().requires_grad_(), *args[1:]))
+    # ln_1's output [B, 1 + grid^2, W] -> the patch tokens as a feature map [B, W, grid, grid]
+    cam = HiResCAM(detector, [block.ln_1],
+                   reshape_transform=lambda x: x[:, 1:].float().unflatten(1, (grid, grid)).movedim(3, 1))
+    p_fake, maps = [], []
+    try:
+        with torch.inference_mode(False), torch.enable_grad():  # whatever the caller's mode
+            for batch in images.split(batch_size):
+                with autocast(device, precision):
+                    maps.append(cam(batch, [fake_log_odds] * len(batch)))  # [B, H, W]
+                p_fake.append(cam.outputs.detach().float().softmax(-1)[:, 1].cpu())
+    finally:
+        cam.activations_and_grads.release()
+        leaf.remove()
+        for p, flag in zip(detector.parameters(), trainable):
+            p.requires_grad_(flag)
+        detector.train(training)
+    return torch.cat(p_fake).double().numpy(), np.concatenate(maps).astype(np.float32)
+
+
+# ----------------------------------------------------------------------------- the report
 
 @dataclass
 class Person:
@@ -48,31 +84,24 @@ class Person:
     boxes: list[Box]           # each crop's face box in the frame
     crops: list[np.ndarray]    # [S, S, 3] uint8 RGB, as scored
     p_fake: list[float]        # each crop's p_fake
-    maps: list[np.ndarray] | None  # each crop's saliency map [h, w] in [0, 1] (util.saliency); None: not made
+    maps: list[np.ndarray] | None  # each crop's saliency map [h, w] in [0, 1]; None without --report
 
     @property
     def score(self) -> float:
-        """The person's score: the mean p_fake of its crops (the paper's video score)."""
+        """The mean p_fake of its crops (the paper's video score)."""
         return float(np.mean(self.p_fake))
 
 
 def person_of(track: list, p_fake, maps=None) -> Person:
-    """A Person from preprocess.py's crops of one face (objects with .frame, .box, .image: FaceCrop),
-    their p_fake [n] and saliency maps [n, h, w] (or None), in the same order."""
-    p_fake = [float(p) for p in p_fake]
-    maps = None if maps is None else [np.asarray(m, dtype=np.float32) for m in maps]
-    if not len(track) == len(p_fake) == len(track if maps is None else maps):
-        raise ValueError(f"{len(track)} crops, {len(p_fake)} scores and {len(maps)} maps: one of each per crop")
+    """A Person from preprocess.py's crops of one face (.frame, .box, .image), p_fake and maps."""
     return Person([int(c.frame) for c in track], [tuple(map(float, c.box)) for c in track],
-                  [c.image for c in track], p_fake, maps)
+                  [c.image for c in track], [float(p) for p in p_fake],
+                  None if maps is None else [np.asarray(m, dtype=np.float32) for m in maps])
 
-
-# ----------------------------------------------------------------------------- the verdict said
 
 def row(path: Path, person: int | None = None, seen: int = 0, with_face: int = 0,
         verdict: Verdict | None = None, note: str = "") -> dict:
-    """One line of predictions.csv (FIELDS): the verdict's threshold, rank and p-value at its end,
-    empty without a score."""
+    """One line of predictions.csv: empty verdict columns without a score."""
     judged = dict.fromkeys(CSV_FIELDS, "") if verdict is None else verdict.csv_columns()
     return {"file": str(path), "person": person, "frames_seen": seen, "frames_with_face": with_face,
             "p_fake": None if verdict is None else verdict.p_fake, "note": note, **judged}
@@ -80,12 +109,8 @@ def row(path: Path, person: int | None = None, seen: int = 0, with_face: int = 0
 
 def say_verdict(path: Path, n_seen: int, persons: list[Person], threshold: Threshold,
                 reference: Reference | None) -> list[dict]:
-    """Prints the file's verdict (calibration.Verdict.line), and each person's when several appear;
-    returns its predictions.csv rows (the file's, then one per person when several appear).
-
-    The file's score is the main (largest) person's, the one preprocess.py keeps for the
-    benchmarks: a stray one-frame detection (a poster, a logo) must not decide the verdict.
-    Another person judged differently is said on the same line, never hidden."""
+    """Prints the file's verdict and, of several people, each one's; returns the predictions.csv rows.
+    The file's score is the largest person's (as in the benchmarks); one judged differently is named."""
     verdicts = [judge(p.score, threshold, reference) for p in persons]
     main, with_face = verdicts[0], len({f for p in persons for f in p.frames})
     note = ""
@@ -94,17 +119,18 @@ def say_verdict(path: Path, n_seen: int, persons: list[Person], threshold: Thres
         note = f"{len(persons)} people, score of person 1, the largest" + "".join(differ)
     print(f"{path}: {main.line()}; {with_face}/{n_seen} frames with a face" + (f"; {note}" if note else ""))
     rows = [row(path, None, n_seen, with_face, main, note)]
-    if len(persons) > 1:
-        for k, (v, p) in enumerate(zip(verdicts, persons), 1):
-            print(f"    person {k}: p_fake {v.p_fake:.4f} -> {v.label} ({len(p.frames)} "
-                  f"frame{'s' if len(p.frames) > 1 else ''})")
-            rows.append(row(path, k, n_seen, len(p.frames), v))
+    for k, (v, p) in enumerate(zip(verdicts, persons) if len(persons) > 1 else [], 1):
+        print(f"    person {k}: p_fake {v.p_fake:.4f} -> {v.label} ({plural(len(p.frames), 'frame')})")
+        rows.append(row(path, k, n_seen, len(p.frames), v))
     return rows
 
 
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def check_folder(folder: Path) -> None:
-    """A report folder that cannot be written (no permission, a file in the way) as one OSError
-    naming it, before minutes of scoring rather than after."""
+    """A report folder that cannot be written as one OSError naming it, before minutes of scoring."""
     probe = folder / f".write-test-{uuid.uuid4().hex[:8]}"
     with writing(folder):
         folder.mkdir(parents=True, exist_ok=True)
@@ -112,38 +138,28 @@ def check_folder(folder: Path) -> None:
         probe.unlink()
 
 
-def colour(p_fake: float, threshold: float) -> tuple[int, int, int]:
-    """BGR from green (p_fake 0) over yellow (the threshold) to red (1)."""
-    green, yellow, red = np.array([0, 200, 0]), np.array([0, 220, 255]), np.array([0, 0, 255])
-    if p_fake <= threshold:
-        mix = green + (yellow - green) * (p_fake / threshold if threshold > 0 else 1.0)
-    else:
-        mix = yellow + (red - yellow) * ((p_fake - threshold) / (1 - threshold))
-    return tuple(int(round(c)) for c in mix)
-
-
-# ----------------------------------------------------------------------------- the outputs, in memory
-
-def timeline_png(persons: list[Person], threshold: Threshold, title: str) -> bytes:
-    """p_fake per scored frame for each person, with the threshold line."""
-    fig, ax = new_axes(title, "frame", "p_fake")
+def timeline_figure(persons: list[Person], threshold: Threshold, title: str, video: bool) -> Figure:
+    """p_fake per scored frame for each person, with the threshold; of an image, per person."""
+    fig, ax = new_axes(title, "frame" if video else "person", "p_fake")
     for k, person in enumerate(persons, 1):
-        ax.plot(person.frames, person.p_fake, marker="o" if len(person.frames) <= MARKERS else None,
-                markersize=4, linewidth=1.5, label=f"person {k}: mean {person.score:.4f}")
+        xs = person.frames if video else [k]
+        ax.plot(xs, person.p_fake, marker="o" if len(xs) <= MARKERS else None, markersize=5, linewidth=1.5,
+                label=f"person {k}: mean {person.score:.4f}")
     ax.axhline(threshold.value, color="0.3", linestyle="--", linewidth=1,
                label=f"threshold {threshold.value:.4f} ({threshold.how})")
+    xs = [f for p in persons for f in p.frames] if video else [1, len(persons)]
+    ax.set_xlim(min(xs) - 0.5, max(xs) + 0.5)  # a lone point sits among whole frame numbers
+    ax.xaxis.get_major_locator().set_params(integer=True, min_n_ticks=1)
     ax.set_ylim(-0.02, 1.02)
-    ax.legend(loc="best", fontsize=7)
-    return png(fig)
+    legend_below(fig)
+    return fig
 
 
 def overlay(crop: np.ndarray, saliency: np.ndarray) -> np.ndarray:
-    """The crop (RGB uint8) under its map as a heat map (pytorch-grad-cam's show_cam_on_image):
-    RGB uint8 of the crop's size."""
-    from pytorch_grad_cam.utils.image import show_cam_on_image
-    h, w = crop.shape[:2]
-    mask = cv2.resize(saliency, (w, h), interpolation=cv2.INTER_LINEAR).clip(0, 1)
-    return show_cam_on_image(crop.astype(np.float32) / 255, mask, use_rgb=True)
+    """The crop (RGB uint8) half under its map as a jet heat map (red: most), RGB uint8."""
+    mask = cv2.resize(saliency, crop.shape[1::-1], interpolation=cv2.INTER_LINEAR).clip(0, 1)
+    heat = cv2.applyColorMap(np.uint8(255 * mask), cv2.COLORMAP_JET)[:, :, ::-1]
+    return ((heat.astype(np.uint16) + crop) // 2).astype(np.uint8)
 
 
 def shown(person: Person) -> list[int]:
@@ -152,94 +168,76 @@ def shown(person: Person) -> list[int]:
     return list(range(n)) if n <= SHOWN else np.linspace(0, n - 1, SHOWN).round().astype(int).tolist()
 
 
-def faces_png(persons: list[Person], threshold: Threshold) -> bytes:
-    """Every crop of every person (a band of rows each, under a header; at most SHOWN, evenly
-    spaced), captioned with its frame and p_fake, above its saliency overlay."""
-    from matplotlib.figure import Figure  # imported here: half a second of every command's start-up
-    header, caption = 28, 24  # px
+def faces_figure(persons: list[Person], threshold: Threshold) -> Figure:
+    """Under a key, every person's crops (at most SHOWN) with frame and p_fake, each above its
+    saliency overlay; a caption is red when the p_fake it shows is above the threshold it shows."""
+    key, header, caption, cell = 36, 28, 24, 24 + 2 * TILE  # px
     picks = [shown(p) for p in persons]
-    rows = [-(-len(i) // COLUMNS) for i in picks]
-    columns = min(COLUMNS, max(len(i) for i in picks))
-    cell_h = caption + 2 * TILE  # the caption, the crop, its overlay
-    width, height = columns * TILE, sum(rows) * cell_h + header * len(persons)
-    fig = Figure(figsize=(width / 100, height / 100), dpi=100)
-    top = 0  # px from the figure's top
-    for k, (person, pick, n_rows) in enumerate(zip(persons, picks, rows), 1):
-        n = len(person.crops)
-        fig.text(0.5, 1 - (top + header / 2) / height, f"person {k}: p_fake {person.score:.4f} -> "
-                 f"{judge(person.score, threshold, None).label} ({n} crops{'' if len(pick) == n else f', {len(pick)} shown'}"
-                 f"; below each, where p_fake is raised)", ha="center", va="center", fontsize=8)
+    columns = max(4, min(COLUMNS, max(len(i) for i in picks)))  # 4 at least: the key fits
+    height = key + sum(header + -(-len(i) // COLUMNS) * cell for i in picks)
+    mosaic = np.full((height, columns * TILE, 3), 255, np.uint8)
+    fig = Figure(figsize=(columns * TILE / 100, height / 100), dpi=100)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_axis_off()
+    t = round(threshold.value, 4)
+    ax.text(6, key / 2, f"frame: p_fake, red above the threshold {t:.4f}, green at or below\n"
+            "under each crop: where p_fake is raised (red most, blue least)", va="center", fontsize=7)
+    top = key
+    for k, (person, pick) in enumerate(zip(persons, picks), 1):
+        n, label = len(person.crops), judge(person.score, threshold, None).label
+        more = "" if len(pick) == n else f", {len(pick)} shown"
+        ax.text(columns * TILE / 2, top + header / 2, f"person {k}: p_fake {person.score:.4f} -> {label} "
+                f"({plural(n, 'crop')}{more})", ha="center", va="center", fontsize=8)
         top += header
-        ax = fig.add_axes((0, 1 - (top + n_rows * cell_h) / height, columns * TILE / width, n_rows * cell_h / height))
-        ax.set_axis_off()
-        mosaic = np.full((n_rows * cell_h, columns * TILE, 3), 255, np.uint8)
         for i, j in enumerate(pick):
-            crop, saliency, p, frame = person.crops[j], person.maps[j], person.p_fake[j], person.frames[j]
-            y, x = (i // COLUMNS) * cell_h + caption, (i % COLUMNS) * TILE
-            small = cv2.resize(crop, (TILE, TILE), interpolation=cv2.INTER_AREA)
+            y, x = top + (i // COLUMNS) * cell + caption, (i % COLUMNS) * TILE
+            small = cv2.resize(person.crops[j], (TILE, TILE), interpolation=cv2.INTER_AREA)
             mosaic[y:y + TILE, x:x + TILE] = small
-            mosaic[y + TILE:y + 2 * TILE, x:x + TILE] = overlay(small, saliency)
-            ax.text(x + TILE / 2, y - 4, f"frame {frame}: {p:.3f}", ha="center", va="bottom", fontsize=7,
-                    color="red" if p > threshold.value else "green")
-        ax.imshow(mosaic, interpolation="nearest")
-        top += n_rows * cell_h
-    return png(fig)
+            mosaic[y + TILE:y + 2 * TILE, x:x + TILE] = overlay(small, person.maps[j])
+            p = round(person.p_fake[j], 4)
+            ax.text(x + TILE / 2, y - 4, f"frame {person.frames[j]}: {p:.4f}", ha="center", va="bottom",
+                    fontsize=7, color="red" if p > t else "green")
+        top += -(-len(pick) // COLUMNS) * cell
+    ax.imshow(mosaic, interpolation="nearest")
+    return fig
 
 
 def saliency_npz(persons: list[Person]) -> bytes:
     """Every crop's map, float32 [h, w], keyed `person<k>/frame<index>` (np.load(...)[key])."""
-    arrays = {f"person{k}/frame{f}": m for k, p in enumerate(persons, 1) for f, m in zip(p.frames, p.maps)}
     buffer = io.BytesIO()
-    np.savez_compressed(buffer, **arrays)
+    np.savez_compressed(buffer, **{f"person{k}/frame{f}": m for k, p in enumerate(persons, 1)
+                                   for f, m in zip(p.frames, p.maps)})
     return buffer.getvalue()
 
 
-def report_dict(source: Path, persons: list[Person], verdict: Verdict, frames_seen: int, video: bool,
-                files: dict, notes: list[str]) -> dict:
-    """report.json: the file's verdict (Verdict.as_dict, its person 1), each person's and frame's score."""
-    people = []
-    for k, p in enumerate(persons, 1):
-        v = judge(p.score, verdict.threshold, verdict.reference)
-        people.append({"person": k, "p_fake": v.p_fake, "label": v.label, "real_below": v.real_below,
-                       "p_value": v.p_value, "frames": [{"frame": f, "p_fake": s, "box": list(b)}
-                                                        for f, s, b in zip(p.frames, p.p_fake, p.boxes)]})
-    with_face = len({f for p in persons for f in p.frames})
-    return {"file": str(source), "kind": "video" if video else "image", "frames_seen": frames_seen,
-            "frames_with_face": with_face, "verdict": verdict.as_dict(), "persons": people,
-            "files": files, "notes": notes}
-
-
-# ----------------------------------------------------------------------------- the annotated video
-
-def annotate(frame: np.ndarray, index: int, persons: list[Person], shown: list[int | None],
+def annotate(frame: np.ndarray, index: int, persons: list[Person], held: list[int | None],
              threshold: float) -> None:
-    """Draws on one BGR frame, in place: each person's box and p_fake at its crop `shown[k]`
-    (None: not in this stretch of frames), and person 1's running score over its crops so far."""
-    for k, (person, j) in enumerate(zip(persons, shown), 1):
-        if j is None:
-            continue
-        x0, y0, x1, y1 = (int(round(v)) for v in person.boxes[j])
-        c = colour(person.p_fake[j], threshold)
-        cv2.rectangle(frame, (x0, y0), (x1, y1), c, 2)
-        cv2.putText(frame, f"person {k}: {person.p_fake[j]:.2f}", (x0, max(12, y0 - 6)),
-                    cv2.FONT_HERSHEY_SIMPLEX, 0.5, c, 1, cv2.LINE_AA)
+    """Draws on one BGR frame, in place: each person's box of its crop `held[k]` (None: none in this
+    stretch) with its running score (the mean p_fake of its crops so far), red above the threshold,
+    green at or below; person 1's running score in a band at the top."""
+    for k, (person, j) in enumerate(zip(persons, held), 1):
+        if j is not None:
+            running = float(np.mean(person.p_fake[:j + 1]))
+            c = RED if running > threshold else GREEN
+            x0, y0, x1, y1 = (round(v) for v in person.boxes[j])
+            cv2.rectangle(frame, (x0, y0), (x1, y1), c, 2)
+            cv2.putText(frame, f"person {k}: {running:.4f}", (x0, max(38, y0 - 6)), cv2.FONT_HERSHEY_SIMPLEX,
+                        0.5, c, 1, cv2.LINE_AA)
     seen = bisect.bisect_right(persons[0].frames, index)
     text, c = "video p_fake: -", (255, 255, 255)
     if seen:
         running = float(np.mean(persons[0].p_fake[:seen]))
+        c = RED if running > threshold else GREEN
         text = f"video p_fake {running:.4f} -> {'FAKE' if running > threshold else 'real'} ({seen} scored)"
-        c = colour(running, threshold)
     cv2.rectangle(frame, (0, 0), (min(frame.shape[1], 330), 22), (0, 0, 0), -1)
     cv2.putText(frame, text, (4, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.5, c, 1, cv2.LINE_AA)
 
 
 def write_annotated_video(source: Path, path: Path, persons: list[Person], sampled: list[int],
                           threshold: float) -> None:
-    """annotated.mp4 (mp4v): every frame of `source` as it decodes, at its size and rate, with
-    annotate()'s drawing; a crop's box is held from its frame until the next of the `sampled`
-    frame indices (those read for scoring). Written to a temporary file in the folder, renamed
-    over `path` when complete. ValueError (one line) when the video cannot be re-read (cannot be
-    opened, or now decodes fewer frames than the scoring read); OSError when it cannot be written."""
+    """annotated.mp4 (mp4v): every frame of `source` at its size and rate, annotated; a crop's box is
+    held until the next `sampled` frame. Written to a temporary file, renamed over `path` when
+    complete. ValueError when the video cannot be re-read as scored; OSError when not written."""
     cap = cv2.VideoCapture(str(source))
     ok, frame = cap.read() if cap.isOpened() else (False, None)
     if not ok:
@@ -247,54 +245,40 @@ def write_annotated_video(source: Path, path: Path, persons: list[Person], sampl
         raise ValueError(f"cannot re-read {source} to write {path.name}: OpenCV cannot open or decode it now")
     fps = cap.get(cv2.CAP_PROP_FPS)
     fps = fps if fps and np.isfinite(fps) and fps > 0 else 25.0  # a container without a rate
-    sampled = sorted(sampled)
-    at = [{f: j for j, f in enumerate(p.frames)} for p in persons]
+    sampled, at = sorted(sampled), [{f: j for j, f in enumerate(p.frames)} for p in persons]
     tmp = path.with_name(f".{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp{path.suffix}")
-    index, writer = 0, None
+    writer, index = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, frame.shape[1::-1]), 0
     try:
         with writing(path):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, frame.shape[1::-1])
-            if not writer.isOpened():
-                raise OSError(f"OpenCV cannot open an mp4v writer for {tmp.name}")
             while ok:
-                last = sampled[bisect.bisect_right(sampled, index) - 1] if sampled and index >= sampled[0] else None
+                last = sampled[bisect.bisect_right(sampled, index) - 1] if index >= sampled[0] else None
                 annotate(frame, index, persons, [a.get(last) for a in at], threshold)
                 writer.write(frame)
                 index += 1
                 ok, frame = cap.read()
             writer.release()
-            if sampled and index <= sampled[-1]:
-                raise ValueError(f"cannot re-read {source} to write {path.name}: it decodes {index} frames now, "
-                                 f"but frame {sampled[-1]} was scored")
+            if index <= sampled[-1]:
+                raise ValueError(f"cannot re-read {source} to write {path.name}: it decodes {index} "
+                                 f"frames now, but frame {sampled[-1]} was scored")
             os.replace(tmp, path)
     finally:
         cap.release()
-        if writer is not None:
-            writer.release()
+        writer.release()
         tmp.unlink(missing_ok=True)
 
 
-# ----------------------------------------------------------------------------- the folder
-
 def write_report(folder: Path, source: Path, persons: list[Person], verdict: Verdict, frames_seen: int,
                  sampled: list[int], video: bool = True) -> list[str]:
-    """Writes the report of one file into `folder` (created): saliency.npz, timeline.png, faces.png,
-    annotated.mp4 when `video`, report.json last. `persons`: largest first, at least one;
-    `verdict`: the file's (calibration.judge of persons[0].score); `frames_seen`: frames read;
-    `sampled`: their indices. Returns notes, one line each, for the caller to print: a video
-    that cannot be re-read loses only annotated.mp4 (an old one is removed), said in a note and in
-    report.json. A failed write is one OSError naming the file; what was written is whole."""
-    if not persons or any(p.maps is None for p in persons):
-        raise ValueError("a report needs at least one person, with a saliency map of every crop")
+    """Writes the report of one file into `folder` (made), report.json last. `persons`: largest first,
+    each with its maps; `verdict`: the file's (of persons[0].score); `sampled`: the frames read.
+    Returns notes for the caller to print: a video that cannot be re-read loses only annotated.mp4
+    (an old one removed). A failed write is one OSError naming the file."""
     t = verdict.threshold
-    name = f"{source.name}: {verdict.label}, p_fake {verdict.p_fake:.4f}"
-    files, notes = {}, []
-    for key, file, content in (("saliency", "saliency.npz", lambda: saliency_npz(persons)),
-                               ("timeline", "timeline.png", lambda: timeline_png(persons, t, name)),
-                               ("faces", "faces.png", lambda: faces_png(persons, t))):
-        write_output(folder / file, content())
-        files[key] = file
+    title = f"{source.name}: {verdict.label}, p_fake {verdict.p_fake:.4f}"
+    write_output(folder / "saliency.npz", saliency_npz(persons))
+    write_output(folder / "timeline.png", png(timeline_figure(persons, t, title, video)))
+    write_output(folder / "faces.png", png(faces_figure(persons, t)))
+    files, notes = {"saliency": "saliency.npz", "timeline": "timeline.png", "faces": "faces.png"}, []
     if video:
         annotated = folder / "annotated.mp4"
         try:
@@ -304,5 +288,12 @@ def write_report(folder: Path, source: Path, persons: list[Person], verdict: Ver
             annotated.unlink(missing_ok=True)  # not a stale one from a past run
             files["annotated"] = None
             notes.append(f"{e}; the rest of the report is written")
-    write_json(folder / "report.json", report_dict(source, persons, verdict, frames_seen, video, files, notes))
+    people = [{"person": k, "p_fake": v.p_fake, "label": v.label, "real_below": v.real_below,
+               "p_value": v.p_value, "frames": [{"frame": f, "p_fake": s, "box": list(b)}
+                                                for f, s, b in zip(p.frames, p.p_fake, p.boxes)]}
+              for k, (p, v) in enumerate(((p, judge(p.score, t, verdict.reference)) for p in persons), 1)]
+    write_json(folder / "report.json", {
+        "file": str(source), "kind": "video" if video else "image", "frames_seen": frames_seen,
+        "frames_with_face": len({f for p in persons for f in p.frames}), "verdict": verdict.as_dict(),
+        "persons": people, "files": files, "notes": notes})
     return notes

@@ -1,11 +1,8 @@
 """OpenAI's CLIP tokenizer: byte-level BPE over OpenAI's vocabulary (text -> token ids)."""
-from __future__ import annotations
-
 import gzip
 import html
 import os
 from functools import lru_cache
-from typing import Iterable
 
 import ftfy
 import regex
@@ -17,7 +14,7 @@ from util.download import BPE_SHA256, BPE_URL, download
 def _byte_alphabet() -> dict[int, str]:
     """Maps each of the 256 bytes to a printable unicode character, so BPE never sees whitespace
     or control bytes: printable Latin-1 bytes stand for themselves, the rest for chr(256 + n)."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), 256)]
     extra = (b for b in range(256) if b not in keep)
     return {**{b: chr(b) for b in keep}, **{b: chr(256 + i) for i, b in enumerate(extra)}}
 
@@ -31,21 +28,20 @@ class Tokenizer:
     """OpenAI's CLIP tokenizer: cleaned, lower-cased text, split by a regex, each piece BPE-merged.
     Vocabulary: 256 byte symbols, the same with an end-of-word mark, the merges, two specials."""
 
-    PATTERN = regex.compile(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
-                            regex.IGNORECASE)
+    PATTERN = regex.compile(r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]"
+                            r"|[^\s\p{L}\p{N}]+", regex.IGNORECASE)
     N_MERGES = 49152 - 256 - 2  # OpenAI uses the first 48,894 merges of the file: vocabulary of 49,408
 
     def __init__(self, bpe_path: str | os.PathLike | None = None):
         path = bpe_path or download(BPE_URL, sha256=BPE_SHA256)
-        lines = gzip.open(path, "rt", encoding="utf-8").read().split("\n")[1:self.N_MERGES + 1]
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            lines = f.read().split("\n")[1:self.N_MERGES + 1]
         merges = [tuple(line.split()) for line in lines if line.strip()]
         symbols = list(_byte_alphabet().values())
         vocab = symbols + [s + "</w>" for s in symbols] + ["".join(m) for m in merges]
         vocab += ["<|startoftext|>", "<|endoftext|>"]
         self.encoder = {token: i for i, token in enumerate(vocab)}
-        self.decoder = {i: token for token, i in self.encoder.items()}
         self.ranks = {merge: i for i, merge in enumerate(merges)}
-        self.byte_decoder = {c: b for b, c in _byte_alphabet().items()}
         self.sot, self.eot = self.encoder["<|startoftext|>"], self.encoder["<|endoftext|>"]
         self._cache = {"<|startoftext|>": ["<|startoftext|>"], "<|endoftext|>": ["<|endoftext|>"]}
 
@@ -55,18 +51,14 @@ class Tokenizer:
             return self._cache[piece]
         word = [*piece[:-1], piece[-1] + "</w>"]
         while len(word) > 1:
-            pairs = {(a, b) for a, b in zip(word, word[1:])}
-            best = min(pairs, key=lambda p: self.ranks.get(p, float("inf")))
+            best = min(zip(word, word[1:]), key=lambda pair: self.ranks.get(pair, float("inf")))
             if best not in self.ranks:
                 break
             merged, i = [], 0
-            while i < len(word):
-                if i + 1 < len(word) and (word[i], word[i + 1]) == best:
-                    merged.append(word[i] + word[i + 1])
-                    i += 2
-                else:
-                    merged.append(word[i])
-                    i += 1
+            while i < len(word):  # every occurrence of the pair, left to right
+                pair = tuple(word[i:i + 2])
+                merged.append("".join(pair) if pair == best else word[i])
+                i += 2 if pair == best else 1
             word = merged
         self._cache[piece] = word
         return word
@@ -79,16 +71,11 @@ class Tokenizer:
             ids.extend(self.encoder[token] for token in self.bpe(piece))
         return ids
 
-    def decode(self, ids: Iterable[int]) -> str:
-        text = "".join(self.decoder[int(i)] for i in ids)
-        data = bytearray(self.byte_decoder[c] for c in text)
-        return data.decode("utf-8", errors="replace").replace("</w>", " ")
-
 
 def load_tokenizer(bpe: str | None) -> Tokenizer:
-    """The tokenizer from a BPE file (None: downloaded once, cached); ValueError naming the file."""
+    """The tokenizer from evaluate.py's --bpe file (None: downloaded once); one ValueError naming it."""
     try:
         return Tokenizer(bpe)
-    except (ValueError, OSError, EOFError, RuntimeError) as e:  # missing, not gzip, cut short, offline
+    except (ValueError, OSError, EOFError) as e:  # missing, not gzip, cut short, offline
         what = f"--bpe {bpe}" if bpe else "CLIP's BPE vocabulary"
         raise ValueError(f"cannot read {what} (expected CLIP's bpe_simple_vocab_16e6.txt.gz): {e}") from None
