@@ -154,9 +154,18 @@ def score_videos(model: torch.nn.Module, videos: list[Video], device: torch.devi
     score = partial(predict, model, device=device, batch_size=batch_size, workers=workers,
                     desc=desc or "frames", precision=precision)
     frame_p = interleaved(score, frames, procs, errors=(DataError,)) if procs else score(frames)
-    ends = np.cumsum([len(v.frames) for v in videos])                 # [len(videos)]
-    video_p = np.array([frame_p[end - len(v.frames):end].mean() for v, end in zip(videos, ends)])
-    return frame_p, video_p
+    means = video_scores([v.path for v in videos for _ in v.frames], frame_p)
+    return frame_p, np.array([means[v.path] for v in videos])
+
+
+def video_scores(video_keys: list, frame_scores) -> dict:
+    """The paper's video score: {video key: mean p_fake of its frames}, in first-seen order."""
+    sums: dict = {}
+    counts: dict = {}
+    for key, s in zip(video_keys, np.asarray(frame_scores, dtype=np.float64).reshape(-1)):
+        sums[key] = sums.get(key, 0.0) + float(s)
+        counts[key] = counts.get(key, 0) + 1
+    return {k: sums[k] / counts[k] for k in sums}
 
 
 def compute_metrics(labels, scores, threshold: float = 0.5) -> dict:

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 import clip_vit
 import preprocess
-from data import compute_metrics, predict, read_crop, read_rgb, score_videos
+from data import compute_metrics, predict, read_crop, read_rgb, score_videos, video_scores
 from util import calibration, plots, report
 from util.cli import Watched, at_least, count_or_all
 from util.distributed import (Processes, device_flag, processes, rank_zero_first, resolve_device,
@@ -104,8 +104,9 @@ def evaluate_robustness(model: nn.Module, videos: list[Video], args, procs: Proc
                     desc="perturbed crops", precision=args.precision)
     scores = perturbed_scores(score, lambda f: read_rgb(f).permute(1, 2, 0).numpy(), frames, keys,
                               args.perturb, procs, seed=SEED, threads=max(1, args.workers))  # [K, n_frames]
-    starts = np.cumsum([0] + [len(v.frames) for v in videos[:-1]])            # [len(videos)]
-    video_p = np.add.reduceat(scores, starts, axis=1) / [len(v.frames) for v in videos]  # [len(perturb), V]
+    video_of = [v.path for v in videos for _ in v.frames]
+    means = [video_scores(video_of, p) for p in scores]                        # one dict per perturbation
+    video_p = np.array([[m[v.path] for v in videos] for m in means])           # [len(perturb), len(videos)]
     labels = np.array([v.label for v in videos])
     rows = [{"perturbation": "none", "severity": None, "video": clean}]
     rows += [{"perturbation": name, "severity": severity, "video": measured(labels, p)}

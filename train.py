@@ -109,6 +109,15 @@ def get_lr(step: int, total: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
 
 
+def objective(features: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor,
+              cfg: TrainConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The paper's loss on the global batch, and its terms: a new loss is one more term here."""
+    ce = F.cross_entropy(logits, labels)
+    l_unif, l_align = uniformity(features), alignment(features, labels)
+    loss = ce + cfg.uniformity * l_unif + cfg.alignment * l_align
+    return loss, {"ce": ce, "uniformity": l_unif, "alignment": l_align}
+
+
 def train_step(detector: clip_vit.DeepfakeDetector, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                labels: torch.Tensor, step: int, lr: float, cfg: TrainConfig, procs: Processes,
                stop: StopSignals | None = None) -> dict[str, float]:
@@ -123,11 +132,8 @@ def train_step(detector: clip_vit.DeepfakeDetector, optimizer: torch.optim.Optim
         generator = torch.Generator().manual_seed(mix_seed(cfg.seed, "slerp", step))
         features = slerp_augment(features, labels, generator)          # [B, width]
     logits = detector.head(features)                                  # [B, 2] fp32
-    ce = F.cross_entropy(logits, labels)
-    l_unif, l_align = uniformity(features), alignment(features, labels)
-    loss = ce + cfg.uniformity * l_unif + cfg.alignment * l_align      # the paper's objective
-    terms = dict(zip(("loss", "ce", "uniformity", "alignment"),
-                     torch.stack([loss, ce, l_unif, l_align]).tolist()))  # one host sync, for the log too
+    loss, parts = objective(features, logits, labels, cfg)            # CE + 0.5 L_unif + 0.1 L_align
+    terms = dict(zip(("loss", *parts), torch.stack([loss, *parts.values()]).tolist()))  # one host sync
     if not math.isfinite(terms["loss"]):  # the same global loss in every process: all stop here
         raise FloatingPointError(f"loss is {terms['loss']}")
     for group in optimizer.param_groups:
