@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 import clip_vit
 import preprocess
-from data import compute_metrics, predict, read_crop, read_rgb, score_videos, video_scores
+from data import compute_metrics, crops_batch, predict, read_rgb, score_videos, video_scores
 from util import calibration, plots, report
 from util.cli import Watched, at_least, count_or_all
 from util.distributed import (Processes, device_flag, processes, rank_zero_first, resolve_device,
@@ -299,8 +299,7 @@ def score_file(path: Path, name: str, args, procs: Processes, face_models, model
     persons = []
     for t in tracks:
         if args.report:  # p_fake and, from the same forward, where it comes from (util.report)
-            transform = clip_vit.image_transform(model.visual.input_resolution)
-            images = torch.stack([transform(read_crop(c.image)) for c in t])  # [n, 3, S, S]
+            images, _ = crops_batch([c.image for c in t], model.visual.input_resolution)  # [n, 3, S, S]
             p_fake, maps = scores_and_maps(model, images, procs.device, args.precision, args.batch_size)
         else:
             p_fake, maps = predict(model, [c.image for c in t], procs.device, batch_size=args.batch_size,

@@ -148,6 +148,12 @@ def train_step(detector: clip_vit.DeepfakeDetector, optimizer: torch.optim.Optim
     return terms
 
 
+def optimizer_for(detector: clip_vit.DeepfakeDetector, cfg: TrainConfig) -> torch.optim.AdamW:
+    """The recipe's AdamW over the tensors that train (set_trainable chose them)."""
+    params = [p for p in detector.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+
+
 def load_val(cfg: TrainConfig) -> tuple[list[Video], str]:
     """The val videos, or [] and why validation cannot rank ("" with --no-val)."""
     index = Path(cfg.data) / cfg.dataset / "val" / "index.csv"
@@ -216,8 +222,7 @@ def start(cfg: TrainConfig, procs: Processes):
     train_set = data.FrameDataset(train_videos, transform, cfg.seed)
     if len(train_set) < cfg.batch_size:
         raise RunError(f"--batch-size {cfg.batch_size} is larger than the {len(train_set)} training frames")
-    params = [p for p in detector.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    optimizer = optimizer_for(detector, cfg)
     # what the run computes in; config.json records the outcome, so that --resume keeps it
     cfg.precision, why = resolve_precision(cfg.precision, procs.device)
     if procs.main:  # the run's first line

@@ -199,8 +199,7 @@ def train_step_figures(model: str, device: torch.device, batch: int, repeat: int
     cfg, detector = train.TrainConfig(precision=precision), build(model, device)
     cv.set_trainable(detector, cfg.tuning)
     detector.train().visual.transformer.grad_checkpointing = checkpointing
-    optimizer = torch.optim.AdamW([p for p in detector.parameters() if p.requires_grad], lr=cfg.lr,
-                                  betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
+    optimizer = train.optimizer_for(detector, cfg)
     images = torch.randn(batch, 3, 224, 224, device=device)         # [B, 3, 224, 224]
     labels = (torch.arange(batch, device=device) % 5 > 0).long()    # [B], 4 fake : 1 real, as FF++
     procs = Processes(rank=0, world=1, device=device)

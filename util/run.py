@@ -101,11 +101,13 @@ class RunFolder:
                                f"{ckpt['steps_per_epoch']} when it was saved (different data or batch size)")
             step, best = ckpt["step"], ckpt["best_val_video_auroc"]
             self.last_step = step  # the last good checkpoint, until the next save
+            self.frozen_sha256 = ckpt["base_sha256"]  # apply_checkpoint has just hashed and matched it
         if self.main:
             with self.writing("config.json"):
                 self.dir.mkdir(parents=True, exist_ok=True)
                 atomic_write(self.dir / "config.json", json.dumps(self.config, indent=2) + "\n")
                 trim_log(self.dir / "log.jsonl", step)
+        if self.main and not self.frozen_sha256:  # hashing ViT-L/14 takes seconds: once per run
             trainable = [n for n, p in self.detector.named_parameters() if p.requires_grad]
             self.frozen_sha256 = checkpoint.base_sha256(self.detector, trainable)
         return step, best
